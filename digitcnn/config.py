@@ -9,23 +9,16 @@ before any data is loaded or any run is opened.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from digitcnn import paths
+from digitcnn.errors import ConfigValueError
 
 MNIST_TRAIN_SIZE = 60_000
 DIGITS_SIZE = 1_797
-
-
-class ConfigValueError(ValueError):
-    """A config value outside what is allowed; the message names the key, value and range."""
-
-    def __init__(self, key: str, value: Any, allowed: str) -> None:
-        self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 
 class _Checked:

@@ -1,0 +1,21 @@
+"""Errors in what a user gave: reported as one short line, not a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InputError(Exception):
+    """Something the user can fix: a config value, a data file, a store address."""
+
+
+class ConfigValueError(InputError, ValueError):
+    """A config value outside what is allowed; the message names the key, value and range."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class DataError(InputError):
+    """A data file that is missing, unreadable, malformed or not the expected content."""

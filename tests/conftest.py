@@ -1,0 +1,67 @@
+"""Shared helpers: compose configs as Hydra does, and run the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from digitcnn import paths
+from digitcnn.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _registered() -> None:
+    register_configs()
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(overrides) -> the composed DictConfig, as a job would see it (its output
+    folder, which Hydra's runtime would name, under tmp_path)."""
+
+    def _compose(overrides: list[str] = ()):
+        with initialize_config_dir(str(paths.config_dir()), version_base="1.3"):
+            return compose("config", overrides=[*overrides, f"paths.output_dir={tmp_path / 'job'}"])
+
+    return _compose
+
+
+def cli_env(root: Path) -> dict[str, str]:
+    """An environment whose project root (store, outputs, data cache) is `root`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(DIGITCNN_ROOT=str(root), PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(
+    root: Path,
+    *args: str,
+    module: str = "digitcnn.run",
+    cwd: Path | None = None,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess:
+    """`python -m digitcnn.run ARGS` with its store under `root`."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or root,
+        env=cli_env(root),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def store_uri(root: Path) -> str:
+    return f"sqlite:///{root}/mlruns/mlflow.db"
+
+
+def client_for(root: Path) -> MlflowClient:
+    return MlflowClient(store_uri(root))

@@ -1,0 +1,117 @@
+"""The real CLI in a subprocess, checked through MLflow's own client: what a user would see."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import client_for, run_cli
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One short run on the bundled digits, launched from a folder outside the repository."""
+    root = tmp_path_factory.mktemp("root")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    proc = run_cli(
+        root,
+        "dataset=digits",
+        f"trainer.epochs={EPOCHS}",
+        "model.dropout=0.3",
+        "tracking.experiment=e2e",
+        cwd=elsewhere,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(root)
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    return root, elsewhere, client, run, proc
+
+
+def test_run_finishes_and_nothing_lands_in_the_launch_folder(finished_run):
+    root, elsewhere, _, run, proc = finished_run
+    assert run.info.status == "FINISHED"
+    assert list(elsewhere.iterdir()) == []  # store and outputs live under the root
+    assert (root / "mlruns" / "mlflow.db").is_file()
+    assert run.info.run_id in proc.stdout + proc.stderr  # the summary names the run
+
+
+def test_params_hold_the_flattened_config_and_derived_values(finished_run):
+    *_, run, _ = finished_run
+    params = run.data.params
+    assert params["model.dropout"] == "0.3"
+    assert params["trainer.epochs"] == str(EPOCHS)
+    assert params["dataset.name"] == "digits"
+    assert params["model.filters"] == "[32, 64]"
+    assert int(params["derived.trainable_params"]) > 0
+    assert params["derived.train_size"] == "1257" and params["derived.test_size"] == "360"
+    assert params["derived.keras_backend"] == "tensorflow"
+    assert params["version.keras"].startswith("3.")
+
+
+def test_per_epoch_metrics_have_one_step_per_epoch(finished_run):
+    _, _, client, run, _ = finished_run
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
+
+
+def test_final_metrics_and_tags(finished_run):
+    root, _, _, run, _ = finished_run
+    metrics, tags = run.data.metrics, run.data.tags
+    for key in ("test_accuracy", "test_loss", "macro_f1", "train_seconds", "images_per_second"):
+        assert key in metrics
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert tags["validation_set"] == "holdout"
+    assert len(tags["dataset.digest"]) == 64
+    assert Path(tags["hydra.output_dir"]).is_relative_to(root / "outputs")
+    assert "model.dropout=0.3" in tags["command"]
+    assert run.info.run_name == "dataset=digits,trainer.epochs=2,model.dropout=0.3"
+
+
+def test_confusion_matrix_agrees_with_test_accuracy(finished_run):
+    _, _, client, run, _ = finished_run
+    folder = Path(client.download_artifacts(run.info.run_id, ""))
+    matrix = pd.read_csv(folder / "confusion_matrix.csv", index_col=0).to_numpy()
+    assert matrix.shape == (10, 10)
+    assert matrix.sum() == 360
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(run.data.metrics["test_accuracy"])
+    report = json.loads((folder / "classification_report.json").read_text())
+    assert report["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+
+
+def test_artifacts_are_all_there_and_images_open(finished_run):
+    _, _, client, run, _ = finished_run
+    folder = Path(client.download_artifacts(run.info.run_id, ""))
+    for name in ("confusion_matrix.png", "learning_curves.png", "misclassified.png"):
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and image.width > 300
+    config_text = (folder / "config" / "config.yaml").read_text()
+    assert "dropout: 0.3" in config_text
+    assert "model.dropout=0.3" in (folder / "config" / "overrides.yaml").read_text()
+    log_text = (folder / "logs" / "run.log").read_text()
+    assert "epoch 2/2" in log_text and "test accuracy" in log_text
+    assert run.inputs.dataset_inputs[0].dataset.name == "digits"
+
+
+def test_logged_model_loads_and_predicts(finished_run):
+    import mlflow
+
+    root, _, _, run, _ = finished_run
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    probabilities = model.predict(np.zeros((3, 8, 8, 1), np.float32))
+    assert np.asarray(probabilities).shape == (3, 10)
+
+
+def test_config_error_exits_nonzero_before_any_run(tmp_path):
+    proc = run_cli(tmp_path, "dataset=digits", "model.dropout=1.5")
+    assert proc.returncode != 0
+    assert "model.dropout=1.5 is not allowed" in proc.stderr
+    assert not (tmp_path / "mlruns").exists()
