@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from digitcnn import paths
 from digitcnn.errors import ConfigValueError
 
+OBJECTIVES = ("val_accuracy", "val_loss")  # never a test-set number
 MNIST_TRAIN_SIZE = 60_000
 DIGITS_SIZE = 1_797
 
@@ -215,6 +216,11 @@ class Config:
     tracking: TrackingConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42  # seeds Python, NumPy, the backend and the validation split
+    objective: str = "val_accuracy"  # what a job returns to sweepers: a validation metric
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigValueError("objective", self.objective, "one of " + ", ".join(OBJECTIVES))
 
 
 _GROUP_SCHEMAS = {

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn.config import Config, to_typed
+from digitcnn.config import Config, TrainerConfig, to_typed
 from digitcnn.runtime import import_keras_quietly
 
 log = logging.getLogger("digitcnn")
@@ -41,6 +43,7 @@ def run_job(cfg: DictConfig) -> float:
     typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
+    parent_run_id = _parent_run_id(hydra_cfg)
 
     import_keras_quietly()
     import keras
@@ -55,7 +58,8 @@ def run_job(cfg: DictConfig) -> float:
     for line in _summary_lines(typed):
         log.info(line)
 
-    configure_backend(typed.trainer, typed.seed)
+    threads = _thread_share(typed.trainer, hydra_cfg)
+    configure_backend(typed.trainer, typed.seed, threads)
     data = load_dataset(typed.dataset, typed.seed)
     sizes = data.sizes()
     log.info(
@@ -74,7 +78,10 @@ def run_job(cfg: DictConfig) -> float:
         "command": tracking.redact(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])),
         "dataset.digest": data.digest,
         "validation_set": "test" if data.validation_is_test else "holdout",
+        "overrides": json.dumps([tracking.redact(o) for o in overrides]),
     }
+    if parent_run_id:
+        tags["sweep.job"] = str(hydra_cfg.job.num)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["tracking"]["uri"] = tracking.redact(typed.tracking.uri)
     params = {
@@ -83,11 +90,14 @@ def run_job(cfg: DictConfig) -> float:
         "derived.input_shape": list(data.input_shape),
         "derived.num_classes": data.num_classes,
         "derived.keras_backend": keras.backend.backend(),
+        "derived.intra_op_threads": threads[0],
+        "derived.inter_op_threads": threads[1],
         **{f"derived.{k}_size": v for k, v in sizes.items()},
         **versions,
     }
 
-    with tracking.tracked_run(typed.tracking, _run_name(typed, overrides), tags) as recorder:
+    run_name = _run_name(typed, overrides)
+    with tracking.tracked_run(typed.tracking, run_name, tags, parent_run_id) as recorder:
         recorder.log_params(params)
         recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
         result = train(
@@ -147,7 +157,26 @@ def run_job(cfg: DictConfig) -> float:
             shlex.quote(tracking.redact(typed.tracking.uri)),
         )
         _log_job_log(recorder, output_dir, hydra_cfg.job.name)
-    return float(np.asarray(result.history["val_accuracy"])[-1])
+    return float(result.history[typed.objective][-1])
+
+
+def _parent_run_id(hydra_cfg) -> str | None:
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    from digitcnn.sweep import parent_run_id
+
+    return parent_run_id(hydra_cfg.sweep.dir)
+
+
+def _thread_share(trainer: TrainerConfig, hydra_cfg) -> tuple[int, int]:
+    """(intra, inter) op threads: as configured, or this job's share of the CPUs when a
+    launcher runs several jobs at once (2 jobs on 2 cores: 1 thread each)."""
+    if trainer.intra_op_threads or trainer.inter_op_threads:
+        return trainer.intra_op_threads, trainer.inter_op_threads
+    parallel = int(hydra_cfg.launcher.get("n_jobs") or 1)
+    if parallel <= 1:
+        return 0, 0
+    return max(1, len(os.sched_getaffinity(0)) // parallel), 1
 
 
 def _log_job_log(recorder, output_dir: Path, job_name: str) -> None:
@@ -157,3 +186,21 @@ def _log_job_log(recorder, output_dir: Path, job_name: str) -> None:
     log_file = output_dir / f"{job_name}.log"
     if log_file.is_file():
         recorder.log_file(log_file, "logs")
+
+
+def record_failed_job(cfg: DictConfig, error: Exception) -> None:
+    """In a sweep, a job that failed before its run opened (bad value, bad data) still gets a
+    FAILED child run naming the error, so the sweep's summary lists it."""
+    from digitcnn import tracking
+
+    hydra_cfg = HydraConfig.get()
+    parent = _parent_run_id(hydra_cfg)
+    if parent is None or tracking.has_child(cfg, parent, hydra_cfg.job.num):
+        return  # not in a sweep, or the job's own run already ended FAILED
+    overrides = [tracking.redact(o) for o in hydra_cfg.overrides.task]
+    tags = {
+        "overrides": json.dumps(overrides),
+        "sweep.job": str(hydra_cfg.job.num),
+        "error": str(error)[:5000],
+    }
+    tracking.record_failed_run(cfg, ",".join(overrides) or "default", tags, parent)

@@ -57,3 +57,32 @@ def misclassified_figure(
     fig.suptitle(f"Misclassified test images: true -> predicted ({len(wrong)} of {total})")
     fig.tight_layout()
     return fig
+
+
+def objective_figure(series: dict[str, list[tuple[str, float]]], objective: str) -> Figure:
+    """One panel per swept parameter: the objective of each job against the value it had.
+
+    Numeric values get a numeric axis (log-scaled when they span a decade or more);
+    others are categories.
+    """
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.8), squeeze=False)
+    for ax, (key, points) in zip(axes.flat, series.items(), strict=True):
+        values = [v for v, _ in points]
+        scores = [s for _, s in points]
+        try:
+            numeric = [float(v) for v in values]
+        except ValueError:
+            categories = sorted(set(values))
+            ax.scatter([categories.index(v) for v in values], scores)
+            ax.set_xticks(range(len(categories)), categories, rotation=30)
+        else:
+            ax.scatter(numeric, scores)
+            positive = [v for v in numeric if v > 0]
+            if len(positive) == len(numeric) and positive and max(positive) / min(positive) >= 10:
+                ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{objective} per job")
+    fig.tight_layout()
+    return fig

@@ -20,17 +20,22 @@ log = logging.getLogger("digitcnn")
 
 @hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Hydra's entry point; the returned validation accuracy is what sweepers optimise."""
-    from digitcnn.job import run_job  # after Hydra has parsed the command line: --help stays fast
+    """Hydra's entry point; the returned validation metric is what sweepers optimise."""
+    from digitcnn.job import record_failed_job, run_job  # after Hydra parsed the command line
 
+    hydra_cfg = HydraConfig.get()
     try:
         return run_job(cfg)
-    except InputError as exc:
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN or hydra_cfg.verbose:
-            raise  # a sweep records the failed job; hydra.verbose=true shows the traceback
-        log.error("error: %s", exc)
-        sys.exit(2)
+    except Exception as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # One failed job must not stop the sweep: its run is FAILED, the summary lists it.
+            log.error("job #%s failed: %s", hydra_cfg.job.num, exc, exc_info=hydra_cfg.verbose)
+            record_failed_job(cfg, exc)
+            return float("nan")
+        if isinstance(exc, InputError) and not hydra_cfg.verbose:
+            log.error("error: %s", exc)  # hydra.verbose=true shows the traceback
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

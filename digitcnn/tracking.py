@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.config import TrackingConfig
+from digitcnn.sweep_summary import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +206,26 @@ class EpochMetricsLogger(keras.callbacks.Callback):
         self.recorder.log_metrics(dict(logs or {}), step=epoch + 1)
 
 
-@contextmanager
-def tracked_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> Iterator[Recorder]:
-    """Open one run; it ends FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open."""
+def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
     mlflow.set_tracking_uri(cfg.uri)
     client = MlflowClient(cfg.uri)
-    experiment_id = _experiment_id(client, cfg)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    return client, _experiment_id(client, cfg)
+
+
+@contextmanager
+def tracked_run(
+    cfg: TrackingConfig, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> Iterator[Recorder]:
+    """Open one run (nested under `parent_run_id` in a sweep); it ends FINISHED, FAILED
+    (traceback logged) or KILLED (Ctrl-C), never open."""
+    client, experiment_id = _client(cfg)
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        tags=dict(tags),
+        parent_run_id=parent_run_id,
+    )
     recorder = Recorder(client, run.info.run_id, run.info.artifact_uri)
     status = "FAILED"
     try:
@@ -226,3 +240,62 @@ def tracked_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> 
     finally:
         mlflow.end_run(status)
         log.debug("MLflow run %s ended %s", run.info.run_id, status)
+
+
+def open_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create a sweep's parent run (left RUNNING until `end_parent_run`); returns its id."""
+    client, experiment_id = _client(cfg)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    return run.info.run_id
+
+
+def sweep_records(cfg: TrackingConfig, parent_run_id: str) -> tuple[Recorder, list[JobRecord]]:
+    """A recorder on the parent run and what each of its child runs recorded."""
+    client, _ = _client(cfg)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=50_000,
+    )
+    records = [
+        JobRecord(
+            job=int(run.data.tags.get("sweep.job", -1)),
+            run_id=run.info.run_id,
+            status=run.info.status,
+            overrides=json.loads(run.data.tags.get("overrides", "[]")),
+            metrics=dict(run.data.metrics),
+        )
+        for run in children
+    ]
+    return Recorder(client, parent_run_id, parent.info.artifact_uri), records
+
+
+def end_parent_run(recorder: Recorder, status: str) -> None:
+    recorder.client.set_terminated(recorder.run_id, status)
+
+
+def _from_job_config(cfg: DictConfig) -> tuple[MlflowClient, str]:
+    return _client(OmegaConf.to_object(cfg.tracking))
+
+
+def has_child(cfg: DictConfig, parent_run_id: str, job: int) -> bool:
+    """Whether sweep job `job` already has a run under `parent_run_id`."""
+    client, experiment_id = _from_job_config(cfg)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`sweep.job` = '{job}'",
+        max_results=1,
+    )
+    return bool(found)
+
+
+def record_failed_run(
+    cfg: DictConfig, run_name: str, tags: Mapping[str, str], parent_run_id: str
+) -> None:
+    """A FAILED child run for a sweep job that failed before its own run opened."""
+    client, experiment_id = _from_job_config(cfg)
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={**tags, "mlflow.parentRunId": parent_run_id}
+    )
+    client.set_terminated(run.info.run_id, "FAILED")

@@ -17,13 +17,14 @@ from digitcnn.optim import build_optimizer
 log = logging.getLogger(__name__)
 
 
-def configure_backend(cfg: TrainerConfig, seed: int) -> None:
-    """Threads, determinism and seeds; call before the first tensor is made."""
+def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = (0, 0)) -> None:
+    """Threads (intra-op, inter-op; 0 = the backend's choice), determinism and seeds; call
+    before the first tensor is made."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)  # Python, NumPy and the backend

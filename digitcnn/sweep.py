@@ -1,0 +1,127 @@
+"""A sweep is one MLflow parent run; each job a child run under it (a Hydra callback).
+
+On multirun start the parent run is opened and its id written into the sweep folder, where every
+job (in this process or a launcher's worker) finds it. On multirun end the parent gets the
+sweep's table, plot, best job and seed statistics, and ends FINISHED, or FAILED when a job
+failed; the sweep then exits non-zero, with every job's record kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from digitcnn import sweep_summary
+from digitcnn.config import TrackingConfig
+from digitcnn.runtime import import_keras_quietly
+
+log = logging.getLogger("digitcnn.sweep")
+
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+
+
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    """The parent run of the sweep whose folder is `sweep_dir`, if the callback opened one."""
+    path = Path(sweep_dir) / PARENT_RUN_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _tracking(config: DictConfig) -> TrackingConfig:
+    return OmegaConf.to_object(config.tracking)
+
+
+class MlflowSweepCallback(Callback):
+    """Opens and closes the parent run of a multirun; does nothing for a single run."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import_keras_quietly()  # the tracking module imports Keras
+        from digitcnn import tracking
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        overrides = list(config.hydra.overrides.task)
+        name = "sweep " + (" ".join(overrides) or "(defaults)")
+        tags = {
+            "sweep.dir": str(sweep_dir),
+            "sweep.overrides": tracking.redact(" ".join(overrides)),
+            "sweep.sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+            "sweep.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
+            "sweep.objective": config.objective,
+        }
+        run_id = tracking.open_parent_run(_tracking(config), name, tags)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+        log.info("sweep parent run %s (%s)", run_id, name)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from digitcnn import tracking
+
+        run_id = parent_run_id(config.hydra.sweep.dir)
+        if run_id is None:
+            return
+        objective = config.objective
+        recorder, records = tracking.sweep_records(_tracking(config), run_id)
+        failed = [r for r in records if r.status != "FINISHED"]
+        try:
+            _record_summary(recorder, records, objective)
+        finally:
+            tracking.end_parent_run(recorder, "FAILED" if failed or not records else "FINISHED")
+        if failed:
+            jobs = ", ".join(f"#{r.job} ({' '.join(r.overrides)})" for r in failed)
+            log.error(
+                "%d of %d jobs failed: %s; summary in run %s",
+                len(failed),
+                len(records),
+                jobs,
+                run_id,
+            )
+            # Hydra turns a callback's exception into a warning; the exit status must say it.
+            sys.exit(1)
+
+
+def _record_summary(recorder, records: list[sweep_summary.JobRecord], objective: str) -> None:
+    table = sweep_summary.jobs_table(records, objective) if records else None
+    if table is None:
+        log.warning("sweep recorded no jobs")
+        return
+    files = {
+        "sweep_summary.csv": table,
+        "sweep_summary.md": sweep_summary.markdown(table),
+        "sweep_summary.html": table.to_html(float_format=lambda v: f"{v:.4f}"),
+        "objective.png": sweep_summary.objective_plot(records, objective),
+    }
+    aggregate = sweep_summary.seed_aggregate(records)
+    if not aggregate.empty:
+        files["seed_aggregate.csv"] = aggregate
+        files["seed_aggregate.md"] = sweep_summary.markdown(aggregate)
+    recorder.log_files(files)
+
+    metrics = {"jobs": len(records), "jobs_failed": sum(r.status != "FINISHED" for r in records)}
+    if len(aggregate) == 1:  # one configuration over several seeds: its mean and spread
+        row = aggregate.iloc[0]
+        metrics.update({k: v for k, v in row.items() if k != "runs"})
+    best = sweep_summary.best_job(table, objective)
+    if best is not None:
+        recorder.log_tags(
+            {
+                "best.run_id": best["run_id"],
+                "best.job": int(best.name),
+                "best.overrides": best["overrides"],
+            }
+        )
+        metrics.update({f"best_{m}": best[m] for m in sweep_summary.METRICS if m in best})
+        metrics[f"best_{objective}"] = best[objective]
+        log.info(
+            "best job #%d (%s): %s %.4f", best.name, best["overrides"], objective, best[objective]
+        )
+    recorder.log_metrics({k: float(v) for k, v in metrics.items() if not _is_nan(v)})
+    log.info("sweep summary:\n%s", sweep_summary.markdown(table))
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

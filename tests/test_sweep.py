@@ -1,0 +1,135 @@
+"""Real sweeps through the CLI: parent and child runs, summaries, Optuna, joblib, failures."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import cli_env, client_for, run_cli
+
+QUICK = ("experiment=quick", "dataset.val_size=180")
+
+
+def sweep_runs(root: Path, experiment: str = "quick"):
+    """(parent run, child runs sorted by job number) of the only sweep in `experiment`."""
+    client = client_for(root)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1  # nothing outside the sweep
+    return client, parent, sorted(children, key=lambda r: int(r.data.tags["sweep.job"]))
+
+
+def summary_table(client, parent) -> pd.DataFrame:
+    folder = Path(client.download_artifacts(parent.info.run_id, ""))
+    assert {"sweep_summary.md", "sweep_summary.html", "objective.png"} <= {
+        p.name for p in folder.iterdir()
+    }
+    return pd.read_csv(folder / "sweep_summary.csv", index_col="job")
+
+
+def test_grid_sweep_has_a_parent_with_summary_and_best_job(tmp_path):
+    proc = run_cli(tmp_path, "-m", *QUICK, "model.dropout=0.1,0.3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = sweep_runs(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.run_name for c in children] == [
+        f"{QUICK[0]},{QUICK[1]},model.dropout=0.1",
+        f"{QUICK[0]},{QUICK[1]},model.dropout=0.3",
+    ]
+    assert all(c.info.status == "FINISHED" for c in children)
+    table = summary_table(client, parent)
+    assert list(table["status"]) == ["FINISHED", "FINISHED"]
+    best = max(children, key=lambda c: c.data.metrics["val_accuracy"])
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
+    assert parent.data.metrics["best_test_accuracy"] == best.data.metrics["test_accuracy"]
+
+
+def test_single_run_has_no_parent(tmp_path):
+    proc = run_cli(tmp_path, *QUICK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
+    assert "mlflow.parentRunId" not in run.data.tags
+
+
+def test_seed_sweep_reports_mean_and_spread(tmp_path):
+    proc = run_cli(tmp_path, "-m", *QUICK, "seed=0,1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, parent, children = sweep_runs(tmp_path)
+    accuracies = [c.data.metrics["test_accuracy"] for c in children]
+    assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(statistics.mean(accuracies))
+    assert parent.data.metrics["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies))
+
+
+def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    proc = run_cli(tmp_path, "-m", *QUICK, "model.dropout=0.1,1.5,0.3")
+    assert proc.returncode != 0  # the sweep says it failed, after recording everything
+    assert "1 of 3 jobs failed" in proc.stdout + proc.stderr
+    client, parent, children = sweep_runs(tmp_path)
+    assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FINISHED"]
+    assert "model.dropout=1.5 is not allowed" in children[1].data.tags["error"]
+    assert parent.info.status == "FAILED"
+    table = summary_table(client, parent)
+    assert list(table["status"]) == ["FINISHED", "FAILED", "FINISHED"]
+    assert parent.data.tags["best.run_id"] in {children[0].info.run_id, children[2].info.run_id}
+
+
+def test_optuna_sweep_runs_its_trials_as_children(tmp_path):
+    proc = run_cli(tmp_path, "-m", "hparams_search=optuna", *QUICK, "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = sweep_runs(tmp_path)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
+    lrs = {c.data.params["optimizer.lr"] for c in children}
+    assert len(lrs) == 3  # sampled, not fixed
+    assert "Best value" in proc.stderr + proc.stdout
+
+
+def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
+    proc = run_cli(
+        tmp_path,
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *QUICK,
+        "seed=0,1,2,3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "database is locked" not in proc.stderr
+    _, parent, children = sweep_runs(tmp_path)
+    assert len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.tags["sweep.launcher"] == "JoblibLauncher"
+    # 2 jobs at once on this machine's cores: each gets its share, at least one thread.
+    import os
+
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert {c.data.params["derived.intra_op_threads"] for c in children} == {str(share)}
+
+
+def test_two_sweeps_started_together_get_their_own_folders(tmp_path):
+    code = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from digitcnn import paths\n"
+        "from digitcnn.config import register_configs\n"
+        "register_configs()\n"
+        "with initialize_config_dir(str(paths.config_dir()), version_base='1.3'):\n"
+        "    print(compose('config', return_hydra_config=True).hydra.sweep.dir)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=cli_env(tmp_path), stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    dirs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(d.startswith(str(tmp_path / "multirun")) for d in dirs)
+    assert dirs[0] != dirs[1]

@@ -1,0 +1,80 @@
+"""The small pieces: model shape, schedules, evaluation arithmetic, record helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digitcnn.config import AdamConfig, CNNConfig, SGDConfig
+from digitcnn.evaluation import evaluate
+from digitcnn.tracking import flatten, redact
+
+
+@pytest.mark.parametrize(("shape", "classes"), [((28, 28, 1), 10), ((8, 8, 1), 10)])
+def test_model_takes_shape_and_classes_from_the_dataset(shape, classes):
+    from digitcnn.model import build_cnn
+
+    model = build_cnn(CNNConfig(), shape, classes)
+    assert model.input_shape == (None, *shape)
+    assert model.output_shape == (None, classes)
+
+
+def test_reference_architecture_layers_in_order():
+    from digitcnn.model import build_cnn
+
+    model = build_cnn(CNNConfig(filters=[32, 64]), (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers[1:]]
+    block = ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D", "Dropout"]
+    assert kinds == [*block, *block, "Flatten", "Dense", "Dense"]
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    from digitcnn.optim import learning_rate
+
+    schedule = learning_rate(
+        AdamConfig(lr=0.01, schedule="cosine", warmup_epochs=1, final_lr_fraction=0.1),
+        steps_per_epoch=10,
+        epochs=5,
+    )
+    values = [float(schedule(step)) for step in (0, 9, 10, 30, 49, 1000)]
+    assert values[0] == pytest.approx(0.001)
+    assert values[1] == pytest.approx(0.01)
+    assert values[2] == pytest.approx(0.01)
+    assert 0.001 < values[3] < 0.01
+    assert values[5] == pytest.approx(0.001)
+
+
+def test_constant_rate_is_a_plain_float_as_the_reference():
+    from digitcnn.optim import build_optimizer, learning_rate
+
+    assert learning_rate(AdamConfig(lr=0.002), 10, 5) == 0.002
+    assert type(build_optimizer(SGDConfig(), 10, 5)).__name__ == "SGD"
+
+
+def test_evaluation_counts_and_loss():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
+    scores = evaluate(probabilities, labels)
+    assert scores.accuracy == 0.75
+    np.testing.assert_array_equal(scores.confusion, [[1, 0], [1, 2]])
+    expected_loss = -np.mean(np.log([0.9, 0.8, 0.4, 0.7]))
+    assert scores.loss == pytest.approx(expected_loss)
+    assert scores.report["accuracy"] == 0.75
+
+
+def test_flatten_uses_dotted_keys_and_keeps_lists_whole():
+    flat = flatten({"model": {"filters": [32, 64], "dropout": 0.25}, "seed": 1})
+    assert flat == {"model.filters": "[32, 64]", "model.dropout": "0.25", "seed": "1"}
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("http://alice:s3cret@mlflow.example:5000", "http://***@mlflow.example:5000"),
+        ("postgresql://u:p@db/mlflow", "postgresql://***@db/mlflow"),
+        ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+        ("http://localhost:5000", "http://localhost:5000"),
+    ],
+)
+def test_credentials_are_redacted(uri, expected):
+    assert redact(uri) == expected
