@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def test_optuna_sweep_runs_its_trials_as_children(tmp_path):
     client, parent, children = sweep_runs(tmp_path)
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
+    assert len(summary_table(client, parent)) == 3
     lrs = {c.data.params["optimizer.lr"] for c in children}
     assert len(lrs) == 3  # sampled, not fixed
     assert "Best value" in proc.stderr + proc.stdout
@@ -109,8 +111,6 @@ def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
     assert all(c.info.status == "FINISHED" for c in children)
     assert parent.data.tags["sweep.launcher"] == "JoblibLauncher"
     # 2 jobs at once on this machine's cores: each gets its share, at least one thread.
-    import os
-
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert {c.data.params["derived.intra_op_threads"] for c in children} == {str(share)}
 
