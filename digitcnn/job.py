@@ -58,6 +58,7 @@ def run_job(cfg: DictConfig) -> float:
     for line in _summary_lines(typed):
         log.info(line)
 
+    tracking.preflight(typed.tracking)
     threads = _thread_share(typed.trainer, hydra_cfg)
     configure_backend(typed.trainer, typed.seed, threads)
     data = load_dataset(typed.dataset, typed.seed)

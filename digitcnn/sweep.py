@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from digitcnn import sweep_summary
 from digitcnn.config import TrackingConfig
+from digitcnn.errors import InputError
 from digitcnn.runtime import import_keras_quietly
 
 log = logging.getLogger("digitcnn.sweep")
@@ -53,6 +54,11 @@ class MlflowSweepCallback(Callback):
             "sweep.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
             "sweep.objective": config.objective,
         }
+        try:
+            tracking.preflight(_tracking(config))
+        except InputError as exc:  # Hydra would turn an exception here into a warning
+            log.error("error: %s", exc)
+            sys.exit(2)
         run_id = tracking.open_parent_run(_tracking(config), name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)

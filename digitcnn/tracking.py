@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 import time
 import traceback
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,11 +25,13 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.config import TrackingConfig
+from digitcnn.errors import InputError
 from digitcnn.sweep_summary import JobRecord
 
 log = logging.getLogger(__name__)
@@ -206,11 +210,52 @@ class EpochMetricsLogger(keras.callbacks.Callback):
         self.recorder.log_metrics(dict(logs or {}), step=epoch + 1)
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
     mlflow.set_tracking_uri(cfg.uri)
     client = MlflowClient(cfg.uri)
-    return client, _experiment_id(client, cfg)
+    db = _sqlite_path(cfg.uri)
+    if db is None:
+        return client, _experiment_id(client, cfg)
+    # The first use creates the tables and the experiment: one process at a time.
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        return client, _experiment_id(client, cfg)
+
+
+def preflight(cfg: TrackingConfig) -> None:
+    """Fail early, with the key named, when the store cannot be reached or its artifact folder
+    cannot be written: before data is loaded and before any run exists."""
+    shown = redact(cfg.uri)
+    if cfg.uri.startswith(("http://", "https://")):
+        try:
+            parts = urllib.parse.urlsplit(cfg.uri)  # /health needs no credentials
+            health = parts._replace(netloc=parts.netloc.rpartition("@")[2], path="/health")
+            urllib.request.urlopen(health.geturl(), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"tracking.uri={shown!r} is not reachable ({redact(str(exc))}); start the "
+                "MLflow server or fix the address"
+            ) from None
+    try:
+        client, experiment_id = _client(cfg)
+        location = client.get_experiment(experiment_id).artifact_location
+    except (OSError, mlflow.exceptions.MlflowException) as exc:
+        raise InputError(f"tracking.uri={shown!r} cannot be used: {redact(str(exc))}") from None
+    if location.startswith("file:") or "://" not in location:
+        folder = Path(urllib.parse.urlparse(location).path if "://" in location else location)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise InputError(
+                f"tracking.artifact_location={str(folder)!r} (experiment {cfg.experiment!r}) "
+                f"cannot be written: {exc.strerror}"
+            ) from None
 
 
 @contextmanager
