@@ -217,6 +217,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42  # seeds Python, NumPy, the backend and the validation split
     objective: str = "val_accuracy"  # what a job returns to sweepers: a validation metric
+    resume: str | None = None  # a run id or output folder to continue from its last epoch
+    rerun: str | None = None  # a run id to repeat from its recorded config
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -248,6 +250,21 @@ def register_configs() -> None:
         cs.store(
             group="experiment", name=recipe.stem, node=OmegaConf.load(recipe), package="_global_"
         )
+
+
+def schema_config(saved: DictConfig) -> DictConfig:
+    """A recorded, resolved config merged back onto its schemas (each group's option is found
+    from its `name`), so that it is checked exactly as a freshly composed one."""
+    merged = OmegaConf.structured(Config)
+    for group, schemas in _GROUP_SCHEMAS.items():
+        name = saved[group].get("name") if group in saved else None
+        schema = schemas.get(name) if name else next(iter(schemas.values()))
+        if schema is None:
+            raise ConfigValueError(f"{group}.name", name, "one of " + ", ".join(schemas))
+        merged[group] = OmegaConf.structured(schema)
+    merged = OmegaConf.merge(merged, saved)
+    OmegaConf.set_struct(merged, True)
+    return merged
 
 
 def to_typed(cfg: DictConfig) -> Config:

@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.config import Config, TrainerConfig, to_typed
+from digitcnn.resume import RESOLVED_CONFIG, job_source
 from digitcnn.runtime import import_keras_quietly
 
 log = logging.getLogger("digitcnn")
@@ -38,21 +39,22 @@ def _run_name(typed: Config, overrides: list[str]) -> str:
 
 
 def run_job(cfg: DictConfig) -> float:
-    """Train and record one model; returns the last epoch's validation accuracy (the objective
-    sweepers maximise: never a test-set number)."""
-    typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
+    """Train and record one model; returns the last epoch's `objective` (what sweepers
+    optimise: a validation metric, never a test-set number)."""
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
+    source = job_source(cfg, overrides)  # resume=/rerun= swap in a recorded config
+    cfg = source.cfg
+    typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
     parent_run_id = _parent_run_id(hydra_cfg)
 
     import_keras_quietly()
     import keras
 
-    from digitcnn import plots, tracking
+    from digitcnn import tracking
     from digitcnn.data import load_dataset
-    from digitcnn.evaluation import evaluate
-    from digitcnn.model import build_cnn, trainable_parameters
-    from digitcnn.training import configure_backend, train
+    from digitcnn.model import build_cnn
+    from digitcnn.training import configure_backend
 
     log.info("digitcnn on %s (Keras %s)", keras.backend.backend(), keras.__version__)
     for line in _summary_lines(typed):
@@ -60,32 +62,68 @@ def run_job(cfg: DictConfig) -> float:
 
     tracking.preflight(typed.tracking)
     threads = _thread_share(typed.trainer, hydra_cfg)
-    configure_backend(typed.trainer, typed.seed, threads)
+    checkpoint = source.checkpoint
+    # A resumed run draws fresh backend randomness for its later epochs.
+    configure_backend(typed.trainer, typed.seed + (checkpoint.epoch if checkpoint else 0), threads)
     data = load_dataset(typed.dataset, typed.seed)
-    sizes = data.sizes()
-    log.info(
-        "data      %s from %s: %s",
-        data.name,
-        data.source,
-        ", ".join(f"{k} {v}" for k, v in sizes.items()),
-    )
-    model = build_cnn(typed.model, data.input_shape, data.num_classes)
+    sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
+    log.info("data      %s from %s: %s", data.name, data.source, sizes)
 
-    output_dir = Path(hydra_cfg.runtime.output_dir)
-    versions = tracking.library_versions()
+    output_dir = Path(typed.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if checkpoint:
+        checkpoint.restore_rng()
+        model = keras.saving.load_model(checkpoint.model_file)  # weights and optimizer state
+        log.info("resuming run %s after epoch %d", checkpoint.run_id, checkpoint.epoch)
+    else:
+        model = build_cnn(typed.model, data.input_shape, data.num_classes)
+
+    tags = _tags(typed, data, overrides, hydra_cfg, parent_run_id)
+    if source.rerun_of:
+        tags["rerun_of"] = source.rerun_of
+    with tracking.tracked_run(
+        typed.tracking,
+        _run_name(typed, overrides),
+        tags,
+        parent_run_id,
+        run_id=checkpoint.run_id if checkpoint else None,
+    ) as recorder:
+        if checkpoint:
+            recorder.log_tags({"resumed_after_epoch": checkpoint.epoch})
+        else:
+            recorder.log_params(_params(cfg, typed, model, data, threads))
+            recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
+        history = _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides)
+        _log_job_log(recorder, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
+    return float(history[typed.objective][-1])
+
+
+def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | None) -> dict:
+    from digitcnn import tracking
+
     tags = {
         **tracking.git_state(Path(typed.paths.root_dir)),
-        "hydra.output_dir": str(output_dir),
+        "hydra.output_dir": typed.paths.output_dir,
         "command": tracking.redact(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])),
         "dataset.digest": data.digest,
         "validation_set": "test" if data.validation_is_test else "holdout",
         "overrides": json.dumps([tracking.redact(o) for o in overrides]),
     }
-    if parent_run_id:
+    if parent:
         tags["sweep.job"] = str(hydra_cfg.job.num)
+    return tags
+
+
+def _params(cfg: DictConfig, typed: Config, model, data, threads: tuple[int, int]) -> dict:
+    import keras
+
+    from digitcnn import tracking
+    from digitcnn.model import trainable_parameters
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["tracking"]["uri"] = tracking.redact(typed.tracking.uri)
-    params = {
+    return {
         **tracking.flatten(resolved),
         "derived.trainable_params": trainable_parameters(model),
         "derived.input_shape": list(data.input_shape),
@@ -93,72 +131,85 @@ def run_job(cfg: DictConfig) -> float:
         "derived.keras_backend": keras.backend.backend(),
         "derived.intra_op_threads": threads[0],
         "derived.inter_op_threads": threads[1],
-        **{f"derived.{k}_size": v for k, v in sizes.items()},
-        **versions,
+        **{f"derived.{k}_size": v for k, v in data.sizes().items()},
+        **tracking.library_versions(),
     }
 
-    run_name = _run_name(typed, overrides)
-    with tracking.tracked_run(typed.tracking, run_name, tags, parent_run_id) as recorder:
-        recorder.log_params(params)
-        recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
-        result = train(
-            model, data, typed.optimizer, typed.trainer, [tracking.EpochMetricsLogger(recorder)]
-        )
 
-        probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
-        scores = evaluate(probabilities, data.y_test)
-        recorder.log_metrics(
-            {
-                **scores.metrics(),
-                "train_seconds": result.train_seconds,
-                "images_per_second": result.images_per_second,
-            }
-        )
-        labels = [str(c) for c in range(data.num_classes)]
-        recorder.log_files(
-            {
-                "confusion_matrix.png": plots.confusion_figure(scores.confusion, scores.accuracy),
-                "confusion_matrix.csv": pd.DataFrame(
-                    scores.confusion, index=labels, columns=labels
-                ),
-                "classification_report.json": scores.report,
-                "learning_curves.png": plots.learning_curves_figure(result.history),
-                "misclassified.png": plots.misclassified_figure(
-                    data.x_test, data.y_test, scores.predicted
-                ),
-            }
-        )
-        recorder.log_files(
-            {
-                "config.yaml": OmegaConf.to_yaml(resolved),
-                "overrides.yaml": OmegaConf.to_yaml([tracking.redact(o) for o in overrides]),
-            },
-            folder="config",
-        )
-        if typed.tracking.log_model:
-            recorder.log_keras_model(model, data.x_test[:4], tracking.model_requirements(versions))
+def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides) -> dict:
+    """Fit (checkpointing every epoch), evaluate on the test set once, log the results."""
+    from digitcnn import plots, tracking
+    from digitcnn.checkpoint import EpochCheckpoint
+    from digitcnn.evaluation import evaluate
+    from digitcnn.training import train
 
-        log.info(
-            "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",
-            scores.accuracy,
-            scores.loss,
-            scores.macro_f1,
-            int(scores.confusion.sum()),
-        )
-        log.info(
-            "trained %.1fs (%.0f img/s); MLflow calls %.2fs",
-            result.train_seconds,
-            result.images_per_second,
-            recorder.seconds,
-        )
-        log.info("run %s in experiment %r", recorder.run_id, typed.tracking.experiment)
-        log.info("artifacts %s", recorder.artifact_uri)
-        log.info(
-            "browse    mlflow ui --backend-store-uri %s --host 127.0.0.1 --port 5000",
-            shlex.quote(tracking.redact(typed.tracking.uri)),
-        )
-        _log_job_log(recorder, output_dir, hydra_cfg.job.name)
-    return float(result.history[typed.objective][-1])
+    saver = EpochCheckpoint(
+        Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
+    )
+    result = train(
+        model,
+        data,
+        typed.optimizer,
+        typed.trainer,
+        [tracking.EpochMetricsLogger(recorder), saver],
+        initial_epoch=checkpoint.epoch if checkpoint else 0,
+    )
+    history = saver.history  # every epoch, those before a resume included
+
+    probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
+    scores = evaluate(probabilities, data.y_test)
+    recorder.log_metrics(
+        {
+            **scores.metrics(),
+            "train_seconds": result.train_seconds,
+            "images_per_second": result.images_per_second,
+        }
+    )
+    labels = [str(c) for c in range(data.num_classes)]
+    recorder.log_files(
+        {
+            "confusion_matrix.png": plots.confusion_figure(scores.confusion, scores.accuracy),
+            "confusion_matrix.csv": pd.DataFrame(scores.confusion, index=labels, columns=labels),
+            "classification_report.json": scores.report,
+            "learning_curves.png": plots.learning_curves_figure(history),
+            "misclassified.png": plots.misclassified_figure(
+                data.x_test, data.y_test, scores.predicted
+            ),
+        }
+    )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["tracking"]["uri"] = tracking.redact(typed.tracking.uri)
+    recorder.log_files(
+        {
+            "config.yaml": OmegaConf.to_yaml(resolved),
+            "overrides.yaml": OmegaConf.to_yaml([tracking.redact(o) for o in overrides]),
+        },
+        folder="config",
+    )
+    if typed.tracking.log_model:
+        requirements = tracking.model_requirements(tracking.library_versions())
+        recorder.log_keras_model(model, data.x_test[:4], requirements)
+
+    log.info(
+        "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",
+        scores.accuracy,
+        scores.loss,
+        scores.macro_f1,
+        int(scores.confusion.sum()),
+    )
+    log.info(
+        "trained %.1fs (%.0f img/s); MLflow calls %.2fs",
+        result.train_seconds,
+        result.images_per_second,
+        recorder.seconds,
+    )
+    log.info("run %s in experiment %r", recorder.run_id, typed.tracking.experiment)
+    log.info("artifacts %s", recorder.artifact_uri)
+    log.info(
+        "browse    mlflow ui --backend-store-uri %s --host 127.0.0.1 --port 5000",
+        shlex.quote(tracking.redact(typed.tracking.uri)),
+    )
+    return history
 
 
 def _parent_run_id(hydra_cfg) -> str | None:

@@ -260,17 +260,24 @@ def preflight(cfg: TrackingConfig) -> None:
 
 @contextmanager
 def tracked_run(
-    cfg: TrackingConfig, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+    cfg: TrackingConfig,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Recorder]:
-    """Open one run (nested under `parent_run_id` in a sweep); it ends FINISHED, FAILED
-    (traceback logged) or KILLED (Ctrl-C), never open."""
+    """Open one run (nested under `parent_run_id` in a sweep; `run_id` reopens an interrupted
+    one); it ends FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open."""
     client, experiment_id = _client(cfg)
-    run = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name,
-        tags=dict(tags),
-        parent_run_id=parent_run_id,
-    )
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=dict(tags),
+            parent_run_id=parent_run_id,
+        )
     recorder = Recorder(client, run.info.run_id, run.info.artifact_uri)
     status = "FAILED"
     try:

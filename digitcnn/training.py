@@ -78,16 +78,19 @@ def train(
     optimizer_cfg: OptimizerConfig,
     cfg: TrainerConfig,
     callbacks: list[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
 ) -> TrainResult:
-    """Compile with categorical cross-entropy (as the reference) and fit."""
+    """Compile with categorical cross-entropy (as the reference) and fit epochs
+    `initial_epoch`..`cfg.epochs`; a model resumed from a checkpoint comes compiled."""
     steps_per_epoch = -(-len(data.x_train) // cfg.batch_size)
-    model.compile(
-        optimizer=build_optimizer(optimizer_cfg, steps_per_epoch, cfg.epochs),
-        loss=keras.losses.CategoricalCrossentropy(),
-        metrics=["accuracy"],
-        steps_per_execution=cfg.steps_per_execution,
-        jit_compile=cfg.jit_compile,
-    )
+    if initial_epoch == 0:
+        model.compile(
+            optimizer=build_optimizer(optimizer_cfg, steps_per_epoch, cfg.epochs),
+            loss=keras.losses.CategoricalCrossentropy(),
+            metrics=["accuracy"],
+            steps_per_execution=cfg.steps_per_execution,
+            jit_compile=cfg.jit_compile,
+        )
     one_hot = np.eye(data.num_classes, dtype=np.float32)
     started = time.perf_counter()
     history = model.fit(
@@ -95,6 +98,7 @@ def train(
         one_hot[data.y_train],
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
+        initial_epoch=initial_epoch,
         validation_data=(data.x_val, one_hot[data.y_val]),
         shuffle=True,
         verbose=1 if cfg.progress_bar else 0,
@@ -104,5 +108,5 @@ def train(
     return TrainResult(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         train_seconds=seconds,
-        images_per_second=len(data.x_train) * cfg.epochs / seconds,
+        images_per_second=len(data.x_train) * (cfg.epochs - initial_epoch) / seconds,
     )

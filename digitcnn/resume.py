@@ -1,0 +1,116 @@
+"""`resume=` and `rerun=`: the config a job runs with when it continues or repeats a run.
+
+- `resume=<run id | output folder>` continues an interrupted run from its last checkpoint,
+  into the same MLflow run, with the config it was started with (only `trainer.epochs` may
+  change).
+- `rerun=<run id>` repeats a recorded run as a new run, from what MLflow recorded alone.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+from digitcnn.config import schema_config
+from digitcnn.errors import InputError
+
+if TYPE_CHECKING:
+    from digitcnn.checkpoint import Checkpoint
+
+RESOLVED_CONFIG = "config.resolved.yaml"  # written into every run's output folder
+# Overrides that may accompany resume=/rerun= (the rest would change what is repeated).
+_ALLOWED = {"resume": {"resume", "trainer.epochs"}, "rerun": {"rerun"}}
+
+
+@dataclass(frozen=True)
+class JobSource:
+    cfg: DictConfig  # what the job runs with
+    checkpoint: Checkpoint | None = None  # resume from here
+    rerun_of: str | None = None
+
+
+def _check_overrides(mode: str, overrides: list[str]) -> None:
+    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    extra = [
+        o
+        for o, k in zip(overrides, keys, strict=True)
+        if k not in _ALLOWED[mode] and not k.startswith(("hydra.", "tracking."))
+    ]
+    if extra:
+        allowed = " and ".join(sorted(_ALLOWED[mode] - {mode})) or "nothing else"
+        raise InputError(
+            f"{mode}= repeats a recorded config; {allowed} may change, not {' '.join(extra)}"
+        )
+
+
+def _client(cfg: DictConfig):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(cfg.tracking.uri)
+
+
+def _run_folder(cfg: DictConfig, target: str) -> Path:
+    if Path(target).expanduser().is_dir():
+        return Path(target).expanduser().resolve()
+    try:
+        run = _client(cfg).get_run(target)
+    except Exception as exc:  # MLflow raises its own errors for unknown or malformed ids
+        raise InputError(
+            f"resume={target!r} is neither an output folder nor a run in {cfg.tracking.uri!r}"
+        ) from exc
+    return Path(run.data.tags["hydra.output_dir"])
+
+
+def job_source(cfg: DictConfig, overrides: list[str]) -> JobSource:
+    """The config to run: the composed one, or the recorded one for resume=/rerun=."""
+    if cfg.resume and cfg.rerun:
+        raise InputError("resume= and rerun= cannot be combined")
+    if cfg.resume:
+        return _resume(cfg, overrides)
+    if cfg.rerun:
+        return _rerun(cfg, overrides)
+    return JobSource(cfg)
+
+
+def _resume(cfg: DictConfig, overrides: list[str]) -> JobSource:
+    from digitcnn.checkpoint import read_checkpoint  # imports Keras: only when resuming
+
+    _check_overrides("resume", overrides)
+    folder = _run_folder(cfg, cfg.resume)
+    checkpoint = read_checkpoint(folder)
+    if checkpoint is None or not (folder / RESOLVED_CONFIG).is_file():
+        raise InputError(f"resume={cfg.resume!r}: no checkpoint in {folder} (no epoch finished)")
+    saved = OmegaConf.load(folder / RESOLVED_CONFIG)
+    if any(o.startswith("trainer.epochs=") for o in overrides):
+        saved.trainer.epochs = cfg.trainer.epochs
+    if saved.trainer.epochs <= checkpoint.epoch:
+        raise InputError(
+            f"trainer.epochs={saved.trainer.epochs} is not allowed: the run already has "
+            f"{checkpoint.epoch} epochs; give more to continue"
+        )
+    saved.paths.output_dir = str(folder)  # checkpoints go on in the run's own folder
+    saved.resume = None
+    return JobSource(schema_config(saved), checkpoint=checkpoint)
+
+
+def _rerun(cfg: DictConfig, overrides: list[str]) -> JobSource:
+    _check_overrides("rerun", overrides)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _client(cfg).download_artifacts(cfg.rerun, "config/config.yaml", tmp)
+            saved = OmegaConf.load(path)
+    except Exception as exc:  # unknown run, or one without a recorded config
+        raise InputError(
+            f"rerun={cfg.rerun!r}: no recorded config/config.yaml in {cfg.tracking.uri!r}"
+        ) from exc
+    # Where things live is this machine's business; what was trained is the record's.
+    saved.paths = cfg.paths
+    saved.tracking.uri = cfg.tracking.uri  # the record holds it redacted
+    if "cache_dir" in saved.dataset:
+        saved.dataset.cache_dir = cfg.paths.data_dir
+    saved.rerun = None
+    return JobSource(schema_config(saved), rerun_of=cfg.rerun)
