@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.config import schema_config
 from digitcnn.errors import InputError
+from digitcnn.runtime import import_keras_quietly
 
 if TYPE_CHECKING:
     from digitcnn.checkpoint import Checkpoint
@@ -77,6 +78,7 @@ def job_source(cfg: DictConfig, overrides: list[str]) -> JobSource:
 
 
 def _resume(cfg: DictConfig, overrides: list[str]) -> JobSource:
+    import_keras_quietly()
     from digitcnn.checkpoint import read_checkpoint  # imports Keras: only when resuming
 
     _check_overrides("resume", overrides)

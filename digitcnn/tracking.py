@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import re
 import subprocess
@@ -35,6 +36,9 @@ from digitcnn.errors import InputError
 from digitcnn.sweep_summary import JobRecord
 
 log = logging.getLogger(__name__)
+
+# MLflow prints each run's URL, credentials and all; the job prints its own redacted summary.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")

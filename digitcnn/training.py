@@ -4,6 +4,7 @@ callbacks."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = 
 
 
 class EpochStats(keras.callbacks.Callback):
-    """Adds `epoch_seconds` and `learning_rate` to each epoch's logs and prints one line.
+    """Adds `epoch_seconds` and `learning_rate` to each epoch's logs and prints one line;
+    stops training with an error when the loss is no longer finite.
 
     Callbacks after this one in the list see the added values.
     """
@@ -46,6 +48,11 @@ class EpochStats(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
+        if not math.isfinite(logs["loss"]):  # fail the run rather than record a broken model
+            raise FloatingPointError(
+                f"training diverged: loss is {logs['loss']} after epoch {epoch + 1}; "
+                "lower optimizer.lr"
+            )
         seconds = time.perf_counter() - self._started
         logs["epoch_seconds"] = seconds
         lr = self.model.optimizer.learning_rate

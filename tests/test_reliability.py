@@ -1,0 +1,235 @@
+"""Faults lose nothing; runs resume and reproduce; secrets stay out of the records."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import cli_env, client_for, run_cli
+
+DIGITS = ("dataset=digits", "dataset.val_size=180")
+
+
+def only_run(root: Path, experiment: str):
+    client = client_for(root)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, run
+
+
+def start_cli(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitcnn.run", *args],
+        cwd=root,
+        env=cli_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_epoch(root: Path, epoch: int, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    """The output folder of the only run under `root`, once its checkpoint has `epoch`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in root.glob("outputs/*/*/checkpoint/state.json"):
+            if json.loads(state.read_text())["epoch"] >= epoch:
+                return state.parent.parent
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    raise TimeoutError(f"no checkpoint of epoch {epoch}")
+
+
+def test_exception_in_training_ends_failed_with_traceback(tmp_path):
+    proc = run_cli(
+        tmp_path, *DIGITS, "trainer.epochs=2", "optimizer.lr=1e30", "tracking.experiment=fault"
+    )
+    assert proc.returncode != 0
+    client, run = only_run(tmp_path, "fault")
+    assert run.info.status == "FAILED"
+    folder = Path(client.download_artifacts(run.info.run_id, ""))
+    traceback = (folder / "traceback.txt").read_text()
+    assert "FloatingPointError: training diverged" in traceback
+    assert not list(folder.glob("*.png"))  # nothing half-made was logged after the fault
+
+
+def test_ctrl_c_ends_the_run_killed(tmp_path):
+    # Batches of 2 make an epoch last seconds: time to interrupt it mid-training.
+    proc = start_cli(
+        tmp_path,
+        *DIGITS,
+        "trainer.epochs=50",
+        "trainer.batch_size=2",
+        "tracking.experiment=interrupt",
+    )
+    wait_for_epoch(tmp_path, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    _, run = only_run(tmp_path, "interrupt")
+    assert run.info.status == "KILLED"
+
+
+def test_sigkill_then_resume_continues_the_same_run(tmp_path):
+    proc = start_cli(
+        tmp_path, *DIGITS, "trainer.epochs=4", "trainer.batch_size=2", "tracking.experiment=resume"
+    )
+    folder = wait_for_epoch(tmp_path, 2, proc)
+    proc.kill()  # SIGKILL: no handler runs, the MLflow run is left RUNNING
+    proc.wait(timeout=60)
+    client, run = only_run(tmp_path, "resume")
+    assert run.info.status == "RUNNING"
+
+    refused = run_cli(tmp_path, f"resume={run.info.run_id}", "model.dropout=0.5")
+    assert refused.returncode == 2 and "not model.dropout=0.5" in refused.stderr
+
+    resumed = run_cli(tmp_path, f"resume={run.info.run_id}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, run = only_run(tmp_path, "resume")  # the same run, not a new one
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    assert "test_accuracy" in run.data.metrics
+    assert json.loads((folder / "checkpoint" / "state.json").read_text())["epoch"] == 4
+
+
+def test_resume_by_output_folder_and_epochs_extension(tmp_path):
+    proc = run_cli(tmp_path, *DIGITS, "trainer.epochs=1", "tracking.experiment=extend")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = tmp_path.glob("outputs/*/*")
+    proc = run_cli(tmp_path, f"resume={folder}", "trainer.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, run = only_run(tmp_path, "extend")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == [1, 2]
+
+
+def _weights(client, run_id: str) -> list[np.ndarray]:
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    return mlflow.keras.load_model(f"runs:/{run_id}/model").get_weights()
+
+
+def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
+    args = (
+        *DIGITS,
+        "trainer.epochs=2",
+        "trainer.deterministic=true",
+        "seed=7",
+        "tracking.experiment=det",
+    )
+    for _ in range(2):
+        proc = run_cli(tmp_path, *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(tmp_path)
+    first, second = client.search_runs(
+        [client.get_experiment_by_name("det").experiment_id], order_by=["start_time ASC"]
+    )
+    proc = run_cli(tmp_path, f"rerun={first.info.run_id}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = client.search_runs([first.info.experiment_id], order_by=["start_time ASC"])
+    rerun = runs[-1]
+    assert rerun.data.tags["rerun_of"] == first.info.run_id
+    for other in (second, rerun):
+        assert other.data.metrics["test_accuracy"] == first.data.metrics["test_accuracy"]
+        assert other.data.metrics["test_loss"] == first.data.metrics["test_loss"]
+        for a, b in zip(
+            _weights(client, first.info.run_id), _weights(client, other.info.run_id), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{store}/mlflow.db",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield port, store
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_credentials_in_the_tracking_uri_are_never_recorded(tmp_path, mlflow_server):
+    port, store = mlflow_server
+    secret = "s3cr3t-pw"
+    uri = f"http://alice:{secret}@127.0.0.1:{port}"
+    proc = run_cli(
+        tmp_path, *DIGITS, "trainer.epochs=1", f"tracking.uri={uri}", "tracking.experiment=creds"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"http://127.0.0.1:{port}")
+    (run,) = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
+    assert secret not in json.dumps([run.data.params, run.data.tags])
+    folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret.encode() not in (store / "mlflow.db").read_bytes()
+    for log in tmp_path.glob("outputs/*/*/*.log"):
+        assert secret not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("tracking.uri=http://127.0.0.1:9",),
+            "tracking.uri='http://127.0.0.1:9' is not reachable",
+        ),
+        (
+            ("tracking.artifact_location=/proc/nowhere",),
+            "tracking.artifact_location='/proc/nowhere'",
+        ),
+    ],
+)
+def test_unusable_store_fails_before_any_run(tmp_path, args, says):
+    proc = run_cli(tmp_path, *DIGITS, "tracking.experiment=bad", *args)
+    assert proc.returncode == 2
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("mlruns/artifacts/*/artifacts"))
