@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from digitcnn.config import Config, TrainerConfig, to_typed
 from digitcnn.resume import RESOLVED_CONFIG, job_source
 from digitcnn.runtime import import_keras_quietly
+from digitcnn.timing import Timings, process_age
 
 log = logging.getLogger("digitcnn")
 
@@ -38,9 +40,13 @@ def _run_name(typed: Config, overrides: list[str]) -> str:
     return ",".join(shown) if shown else "default"
 
 
-def run_job(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     """Train and record one model; returns the last epoch's `objective` (what sweepers
     optimise: a validation metric, never a test-set number)."""
+    timings = Timings()
+    timings.set("startup_seconds", process_age())  # interpreter, imports, Hydra
+    timings.set("compose_seconds", compose_seconds)
+    job_started = time.perf_counter()
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     source = job_source(cfg, overrides)  # resume=/rerun= swap in a recorded config
@@ -48,7 +54,8 @@ def run_job(cfg: DictConfig) -> float:
     typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
     parent_run_id = _parent_run_id(hydra_cfg)
 
-    import_keras_quietly()
+    with timings.measure("keras_import_seconds"):
+        import_keras_quietly()
     import keras
 
     from digitcnn import tracking
@@ -60,12 +67,14 @@ def run_job(cfg: DictConfig) -> float:
     for line in _summary_lines(typed):
         log.info(line)
 
-    tracking.preflight(typed.tracking)
+    with timings.measure("mlflow_preflight_seconds"):
+        tracking.preflight(typed.tracking)
     threads = _thread_share(typed.trainer, hydra_cfg)
     checkpoint = source.checkpoint
     # A resumed run draws fresh backend randomness for its later epochs.
     configure_backend(typed.trainer, typed.seed + (checkpoint.epoch if checkpoint else 0), threads)
-    data = load_dataset(typed.dataset, typed.seed)
+    with timings.measure("data_seconds"):
+        data = load_dataset(typed.dataset, typed.seed)
     sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
     log.info("data      %s from %s: %s", data.name, data.source, sizes)
 
@@ -94,8 +103,13 @@ def run_job(cfg: DictConfig) -> float:
         else:
             recorder.log_params(_params(cfg, typed, model, data, threads))
             recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
-        history = _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides)
+        history = _train_and_record(
+            typed, cfg, model, data, recorder, checkpoint, overrides, timings
+        )
         _log_job_log(recorder, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
+    timings.set("mlflow_seconds", recorder.seconds)
+    timings.set("job_seconds", time.perf_counter() - job_started)
+    timings.write(output_dir / "timings.json")
     return float(history[typed.objective][-1])
 
 
@@ -136,13 +150,14 @@ def _params(cfg: DictConfig, typed: Config, model, data, threads: tuple[int, int
     }
 
 
-def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides) -> dict:
+def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, timings) -> dict:
     """Fit (checkpointing every epoch), evaluate on the test set once, log the results."""
     from digitcnn import plots, tracking
     from digitcnn.checkpoint import EpochCheckpoint
     from digitcnn.evaluation import evaluate
     from digitcnn.training import train
 
+    timings.set("fit_start_seconds", process_age())
     saver = EpochCheckpoint(
         Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
     )
@@ -155,6 +170,11 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides) 
         initial_epoch=checkpoint.epoch if checkpoint else 0,
     )
     history = saver.history  # every epoch, those before a resume included
+    timings.set("fit_seconds", result.train_seconds)
+    timings.set("first_epoch_seconds", result.history["epoch_seconds"][0])
+    if len(result.history["epoch_seconds"]) > 1:  # steady state: the epochs after the first
+        steady = result.history["epoch_seconds"][1:]
+        timings.set("steady_images_per_second", len(data.x_train) * len(steady) / sum(steady))
 
     probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
     scores = evaluate(probabilities, data.y_test)

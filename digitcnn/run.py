@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +17,7 @@ from digitcnn.errors import InputError
 
 register_configs()
 log = logging.getLogger("digitcnn")
+_LOADED = time.perf_counter()  # from here to the task function: Hydra's parsing and composition
 
 
 @hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")
@@ -23,9 +25,10 @@ def main(cfg: DictConfig) -> float:
     """Hydra's entry point; the returned validation metric is what sweepers optimise."""
     from digitcnn.job import record_failed_job, run_job  # after Hydra parsed the command line
 
+    compose_seconds = time.perf_counter() - _LOADED
     hydra_cfg = HydraConfig.get()
     try:
-        return run_job(cfg)
+        return run_job(cfg, compose_seconds)
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # One failed job must not stop the sweep: its run is FAILED, the summary lists it.

@@ -272,6 +272,7 @@ def tracked_run(
 ) -> Iterator[Recorder]:
     """Open one run (nested under `parent_run_id` in a sweep; `run_id` reopens an interrupted
     one); it ends FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open."""
+    started = time.perf_counter()
     client, experiment_id = _client(cfg)
     if run_id:
         run = mlflow.start_run(run_id=run_id)
@@ -283,6 +284,7 @@ def tracked_run(
             parent_run_id=parent_run_id,
         )
     recorder = Recorder(client, run.info.run_id, run.info.artifact_uri)
+    recorder.seconds = time.perf_counter() - started
     status = "FAILED"
     try:
         yield recorder
@@ -294,7 +296,8 @@ def tracked_run(
         recorder.log_files({"traceback.txt": traceback.format_exc()})
         raise
     finally:
-        mlflow.end_run(status)
+        with recorder._timed():
+            mlflow.end_run(status)
         log.debug("MLflow run %s ended %s", run.info.run_id, status)
 
 

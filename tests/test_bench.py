@@ -1,0 +1,40 @@
+"""The benchmark harness runs end to end on a tiny configuration (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO, cli_env
+
+
+def test_bench_compare_runs_on_digits(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "compare.py"),
+            "--dataset",
+            "digits",
+            "--pairs",
+            "1",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.with_suffix(".json").read_text())
+    (pair,) = results["pairs"]
+    for side in ("baseline", "framework"):
+        assert pair[side]["steady_images_per_second"] > 0
+        assert pair[side]["process_seconds"] > 0
+    assert pair["framework"]["mlflow_seconds"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "| steady-state training images/s" in table and "plain Keras" in table
