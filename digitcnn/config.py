@@ -194,7 +194,8 @@ class TrackingConfig(_Checked):
     experiment: str = "digitcnn"  # MLflow experiment name
     artifact_location: str = MISSING  # where a new experiment keeps its artifacts
     run_name: str | None = None  # null = named from the overrides
-    log_model: bool = True  # log the trained Keras model with the run
+    log_model: bool = True  # log the trained model with the run
+    register_as: str | None = None  # also register it as a version of this model name
 
     def __post_init__(self) -> None:
         self._require("experiment", bool(self.experiment.strip()), "a non-empty name")

@@ -208,7 +208,8 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
     )
     if typed.tracking.log_model:
         requirements = tracking.model_requirements(tracking.library_versions())
-        recorder.log_keras_model(model, data.x_test[:4], requirements)
+        example = data.x_test[:2, ..., 0] * data.pixel_max  # raw pixels, as users hold them
+        recorder.log_model(model, example, data.pixel_max, requirements, typed.tracking.register_as)
 
     log.info(
         "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",

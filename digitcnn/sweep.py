@@ -17,7 +17,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn import sweep_summary
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
 from digitcnn.runtime import import_keras_quietly
@@ -74,7 +73,7 @@ class MlflowSweepCallback(Callback):
         recorder, records = tracking.sweep_records(_tracking(config), run_id)
         failed = [r for r in records if r.status != "FINISHED"]
         try:
-            _record_summary(recorder, records, objective)
+            _record_summary(recorder, records, objective, config.tracking.register_as)
         finally:
             tracking.end_parent_run(recorder, "FAILED" if failed or not records else "FINISHED")
         if failed:
@@ -90,7 +89,11 @@ class MlflowSweepCallback(Callback):
             sys.exit(1)
 
 
-def _record_summary(recorder, records: list[sweep_summary.JobRecord], objective: str) -> None:
+def _record_summary(
+    recorder, records: list, objective: str, register_as: str | None = None
+) -> None:
+    from digitcnn import sweep_summary  # pandas and matplotlib: only when a sweep ends
+
     table = sweep_summary.jobs_table(records, objective) if records else None
     if table is None:
         log.warning("sweep recorded no jobs")
@@ -125,6 +128,12 @@ def _record_summary(recorder, records: list[sweep_summary.JobRecord], objective:
         log.info(
             "best job #%d (%s): %s %.4f", best.name, best["overrides"], objective, best[objective]
         )
+        if register_as:
+            from digitcnn import tracking
+
+            version = tracking.set_champion(recorder.client, register_as, best["run_id"])
+            recorder.log_tags({"best.model_version": f"{register_as}/{version}"})
+            log.info("alias champion -> %s version %s", register_as, version)
     recorder.log_metrics({k: float(v) for k, v in metrics.items() if not _is_nan(v)})
     log.info("sweep summary:\n%s", sweep_summary.markdown(table))
 

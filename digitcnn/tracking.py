@@ -110,8 +110,12 @@ def library_versions() -> dict[str, str]:
 
 
 def model_requirements(versions: Mapping[str, str]) -> list[str]:
-    """Pinned pip requirements of a logged model: Keras and its backend, as trained."""
-    pins = {"keras": versions["version.keras"]}
+    """Pinned pip requirements of a logged model: Keras, its backend and MLflow, as trained."""
+    pins = {
+        "keras": versions["version.keras"],
+        "mlflow": versions["version.mlflow"],
+        "numpy": versions["version.numpy"],
+    }
     if "version.tensorflow" in versions:
         pins["tensorflow"] = versions["version.tensorflow"]
     return [f"{name}=={version}" for name, version in pins.items()]
@@ -183,24 +187,36 @@ class Recorder:
             with self._timed():
                 self.client.log_artifacts(self.run_id, tmp, folder)
 
-    def log_keras_model(
-        self, model: keras.Model, example: np.ndarray, requirements: list[str]
+    def log_model(
+        self,
+        model: keras.Model,
+        example: np.ndarray,
+        pixel_max: int,
+        requirements: list[str],
+        register_as: str | None = None,
     ) -> None:
-        """The trained model in MLflow's Keras flavour, with its signature.
-
-        No input example: MLflow 3.17's Keras flavour writes it before creating the model
-        folder and fails.
-        """
+        """The trained model as a pyfunc over raw pixel images (see digitcnn.serving), with
+        signature and input example; registered as a version of `register_as` if given."""
         from mlflow.models import infer_signature
 
-        signature = infer_signature(example, model.predict(example, verbose=0))
-        with self._timed():
-            mlflow.keras.log_model(
-                model,
-                name="model",
-                signature=signature,
-                pip_requirements=requirements,  # pinned here: inferring them costs seconds
-            )
+        from digitcnn import paths, serving
+
+        with tempfile.TemporaryDirectory() as tmp:
+            keras_file = Path(tmp) / "model.keras"
+            model.save(keras_file)
+            probabilities = model.predict(serving.scale_pixels(example, pixel_max), verbose=0)
+            with self._timed():
+                mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=serving.DigitClassifier(),
+                    artifacts={serving.KERAS_ARTIFACT: str(keras_file)},
+                    model_config={"pixel_max": pixel_max},
+                    signature=infer_signature(example, probabilities),
+                    input_example=example,
+                    code_paths=[str(paths.PACKAGE_DIR)],  # loads without digitcnn installed
+                    pip_requirements=requirements,  # pinned here: inferring them costs seconds
+                    registered_model_name=register_as,
+                )
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
@@ -358,3 +374,13 @@ def record_failed_run(
         experiment_id, run_name=run_name, tags={**tags, "mlflow.parentRunId": parent_run_id}
     )
     client.set_terminated(run.info.run_id, "FAILED")
+
+
+CHAMPION = "champion"
+
+
+def set_champion(client: MlflowClient, name: str, run_id: str) -> str:
+    """Point registered model `name`'s alias `champion` at the version logged by `run_id`."""
+    (version,) = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return version.version

@@ -1,0 +1,72 @@
+"""Any image of a digit -> a 28x28 MNIST-like array, prepared the way MNIST was made.
+
+Grayscale; inverted when the background is light (MNIST is white ink on black); cropped to the
+ink; the longer side scaled to 20 pixels, keeping the aspect ratio; placed in a 28x28 field so
+that its centre of mass sits at the centre.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+SIZE, BOX = 28, 20  # MNIST: a 20x20 box, centred by mass in 28x28
+_INK = 0.15  # pixels above this fraction of the maximum count as ink when cropping
+
+
+class NotAnImageError(ValueError):
+    """The file is not an image Pillow can read."""
+
+
+def load_image(path: Path) -> np.ndarray:
+    """The image at `path` as float32 grayscale in [0, 255]."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("L"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NotAnImageError(f"{path}: not an image ({exc})") from None
+
+
+def _edges(gray: np.ndarray) -> np.ndarray:
+    return np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+
+
+def to_mnist(gray: np.ndarray) -> np.ndarray:
+    """A grayscale digit (any size, dark-on-light or light-on-dark) -> uint8 (28, 28).
+
+    An image already in MNIST's form (28x28, light ink on a dark background) is kept as it is.
+    """
+    gray = np.asarray(gray, dtype=np.float32)
+    if np.median(_edges(gray)) > 127:  # light background: make it white ink on black
+        gray = 255.0 - gray
+    elif gray.shape == (SIZE, SIZE):
+        return gray.astype(np.uint8)
+    gray = np.clip(gray - np.median(_edges(gray)), 0, None)  # background to 0
+    if gray.max() <= 0:
+        return np.zeros((SIZE, SIZE), np.uint8)
+    ink = gray > _INK * gray.max()
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    crop = crop / crop.max() * 255.0
+
+    height, width = crop.shape
+    scale = BOX / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = np.asarray(
+        Image.fromarray(crop.astype(np.uint8)).resize(new_size, Image.Resampling.LANCZOS),
+        dtype=np.float32,
+    )
+
+    field = np.zeros((SIZE, SIZE), np.float32)
+    total = resized.sum()
+    ys, xs = np.indices(resized.shape)
+    cy, cx = (ys * resized).sum() / total, (xs * resized).sum() / total
+    top = round(SIZE / 2 - cy)
+    left = round(SIZE / 2 - cx)
+    top = min(max(top, 0), SIZE - resized.shape[0])  # keep the whole digit in the field
+    left = min(max(left, 0), SIZE - resized.shape[1])
+    field[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
+    return np.clip(field, 0, 255).astype(np.uint8)

