@@ -110,8 +110,38 @@ def test_logged_model_loads_and_predicts(finished_run):
     assert np.asarray(probabilities).shape == (3, 10)
 
 
-def test_config_error_exits_nonzero_before_any_run(tmp_path):
-    proc = run_cli(tmp_path, "dataset=digits", "model.dropout=1.5")
+def no_runs(root: Path) -> bool:
+    if not (root / "mlruns" / "mlflow.db").exists():
+        return True
+    client = client_for(root)
+    return not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["model.dropot=0.3"], "Could not override 'model.dropot'"),
+        (["model=resnet9000"], "Could not find 'model/resnet9000'"),
+        (["trainer.epochs=five"], "trainer.epochs"),
+        (["model.dropout=1.5"], "model.dropout=1.5 is not allowed: a rate in [0, 1)"),
+        (["model.dropout=-0.1"], "model.dropout=-0.1 is not allowed"),
+        (["trainer.epochs=0"], "trainer.epochs=0 is not allowed: a positive integer"),
+        (["trainer.batch_size=0"], "trainer.batch_size=0 is not allowed"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: a positive number"),
+        (["dataset.val_size=60000"], "dataset.val_size=60000 is not allowed: 0 (validate"),
+        (["dataset.limit=-5"], "dataset.limit=-5 is not allowed"),
+        (["dataset.path=/nonexistent/mnist.npz"], "dataset.path='/nonexistent/mnist.npz' does"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line_before_any_run(tmp_path, args, says):
+    proc = run_cli(tmp_path, *args)
     assert proc.returncode != 0
-    assert "model.dropout=1.5 is not allowed" in proc.stderr
-    assert not (tmp_path / "mlruns").exists()
+    assert says in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert no_runs(tmp_path)
+    assert not (tmp_path / "data").exists()  # no data was fetched
+
+
+def test_hydra_verbose_shows_the_traceback(tmp_path):
+    proc = run_cli(tmp_path, "model.dropout=1.5", "hydra.verbose=true")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

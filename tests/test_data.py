@@ -203,3 +203,27 @@ def test_real_mnist_from_the_package_index_matches_the_digests(real_mnist_cache)
     assert data.sizes() == {"train": 55000, "val": 5000, "test": 10000}
     assert data.input_shape == (28, 28, 1)
     assert np.bincount(data.y_test).tolist()[:3] == [980, 1135, 1032]
+
+
+def test_two_processes_fetching_at_once_both_get_a_valid_cache(tmp_path):
+    """The cache is written once, atomically, under a lock: concurrent runs never see half."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from digitcnn.config import MnistConfig\n"
+        "from digitcnn.data.mnist import load_mnist\n"
+        "arrays, source = load_mnist(MnistConfig(cache_dir=sys.argv[1]))\n"
+        "print(source, arrays['x_train'].shape)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip() == f"{tmp_path / 'mnist.npz'} (60000, 28, 28)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.npz", "mnist.npz.lock"]
