@@ -96,6 +96,9 @@ class CNNConfig(_Checked):
     dropout: float = 0.25  # after each conv block
     dense_dropout: float = 0.0  # after the hidden dense layer
     bn_momentum: float = 0.99  # BatchNorm moving-average momentum; lower settles in fewer steps
+    augment_rotation: float = 0.0  # training only: random rotation up to ± this many degrees
+    augment_shift: float = 0.0  # random shift up to ± this fraction of height and width
+    augment_zoom: float = 0.0  # random zoom in or out up to this fraction
 
     def __post_init__(self) -> None:
         self._require(
@@ -107,6 +110,9 @@ class CNNConfig(_Checked):
         self._require_choice("padding", ("same", "valid"))
         self._require("dense_units", self.dense_units > 0, "a positive integer")
         self._require("bn_momentum", 0.0 <= self.bn_momentum < 1.0, "a value in [0, 1)")
+        self._require("augment_rotation", 0.0 <= self.augment_rotation <= 180, "0 to 180 degrees")
+        for name in ("augment_shift", "augment_zoom"):
+            self._require(name, 0.0 <= getattr(self, name) < 1.0, "a fraction in [0, 1)")
         for name in ("dropout", "dense_dropout"):
             self._require(name, 0.0 <= getattr(self, name) < 1.0, "a rate in [0, 1)")
 

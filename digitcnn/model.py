@@ -12,7 +12,8 @@ def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) ->
     """Per entry of `cfg.filters`: Conv2D -> BatchNorm -> ReLU -> MaxPool -> Dropout; then
     Flatten -> Dense -> ReLU (-> Dropout) -> Dense softmax, as the reference script."""
     inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
+    steps = _augmentation(cfg)
+    x = keras.Sequential(steps, name="augmentation")(inputs) if steps else inputs
     for i, filters in enumerate(cfg.filters, start=1):
         # No bias: the BatchNorm right after it has its own shift.
         x = layers.Conv2D(
@@ -29,6 +30,20 @@ def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) ->
         x = layers.Dropout(cfg.dense_dropout, name="dense_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="cnn")
+
+
+def _augmentation(cfg: CNNConfig) -> list[layers.Layer]:
+    """Random rotation, shift and zoom; active in training only, identity at inference."""
+    steps = []
+    if cfg.augment_rotation:
+        steps.append(layers.RandomRotation(cfg.augment_rotation / 360, fill_mode="constant"))
+    if cfg.augment_shift:
+        steps.append(
+            layers.RandomTranslation(cfg.augment_shift, cfg.augment_shift, fill_mode="constant")
+        )
+    if cfg.augment_zoom:
+        steps.append(layers.RandomZoom((-cfg.augment_zoom, cfg.augment_zoom), fill_mode="constant"))
+    return steps
 
 
 def trainable_parameters(model: keras.Model) -> int:

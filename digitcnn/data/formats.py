@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def read_idx_dir(folder: Path) -> Arrays:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits only the globals a pickled numpy array needs; anything else is refused."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], object]] = {
         ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes in protocol 2
         ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,

