@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,3 +70,37 @@ def store_uri(root: Path) -> str:
 
 def client_for(root: Path) -> MlflowClient:
     return MlflowClient(store_uri(root))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(args: list[str], env: dict[str, str], health_url: str, timeout: float = 180):
+    """Run `python ARGS` as a server in its own process group until `health_url` answers;
+    stop the whole group afterwards."""
+    env = env | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # uvicorn
+    server = subprocess.Popen(
+        [sys.executable, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(health_url, timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, f"{args} exited with {server.returncode}"
+                assert time.monotonic() < deadline, f"{health_url} did not answer"
+                time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

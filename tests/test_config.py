@@ -157,21 +157,18 @@ def test_configs_are_found_after_pip_install(tmp_path):
         capture_output=True,
     )
     env = cli_env(tmp_path) | {"PYTHONPATH": str(site)}
-    out = subprocess.run(
-        [sys.executable, "-m", "digitcnn.run", "experiment=quick", "--cfg", "job"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+
+    def installed(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    out = installed("-m", "digitcnn.run", "experiment=quick", "--cfg", "job")
     assert "name: digits" in out and "experiment: quick" in out
-    where = subprocess.run(
-        [sys.executable, "-c", "from digitcnn import paths; print(paths.config_dir())"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    where = installed("-c", "from digitcnn import paths; print(paths.config_dir())")
     assert where.strip() == str(site / "digitcnn" / "conf")

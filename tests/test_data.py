@@ -218,8 +218,12 @@ def test_two_processes_fetching_at_once_both_get_a_valid_cache(tmp_path):
         "print(source, arrays['x_train'].shape)\n"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=600) for p in procs]

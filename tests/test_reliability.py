@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import cli_env, client_for, run_cli
+from tests.conftest import cli_env, client_for, free_port, run_cli, serving
 
 DIGITS = ("dataset=digits", "dataset.val_size=180")
 
@@ -150,43 +149,26 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real MLflow tracking server on a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{store}/mlflow.db",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.3)
+    args = [
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{store}/mlflow.db",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    with serving(args, cli_env(tmp_path), f"http://127.0.0.1:{port}/health"):
         yield port, store
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_credentials_in_the_tracking_uri_are_never_recorded(tmp_path, mlflow_server):

@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env, client_for, run_cli
+from tests.conftest import REPO, cli_env, client_for, free_port, run_cli, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -68,42 +61,20 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ui(store):
     root, *_ = store
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = cli_env(root) | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlruns/mlflow.db",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "UI did not start"
-                time.sleep(0.5)
+    url = f"http://127.0.0.1:{free_port()}"
+    args = [
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{root}/mlruns/mlflow.db",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        url.rsplit(":", 1)[1],
+    ]
+    with serving(args, cli_env(root), f"{url}/health"):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digitcnn.data import mnist as mnist_source
 from digitcnn.images import to_mnist
-from tests.conftest import cli_env, client_for, run_cli
+from tests.conftest import cli_env, client_for, free_port, run_cli, serving
 
 
 @pytest.fixture(scope="module")
@@ -151,50 +146,25 @@ def test_registered_version_and_champion_alias_from_a_sweep(tmp_path):
     assert champion.run_id == parent.data.tags["best.run_id"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_rest_predictions(mnist_run):
     root, run = mnist_run
     port = free_port()
-    env = cli_env(root) | {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
-        # MLflow starts `uvicorn` by name: the environment's scripts must be on PATH.
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"runs:/{run.info.run_id}/model",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.5)
+    env = cli_env(root) | {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db"}
+    args = [
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"runs:/{run.info.run_id}/model",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with serving(args, env, f"http://127.0.0.1:{port}/ping"):
         with np.load(root / "data" / "mnist.npz") as d:
             images, labels = d["x_test"][:2], d["y_test"][:2]
         request = urllib.request.Request(
@@ -204,8 +174,5 @@ def test_mlflow_models_serve_answers_rest_predictions(mnist_run):
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = np.asarray(json.loads(response.read())["predictions"])
-        assert answer.shape == (2, 10)
-        assert answer.argmax(axis=1).tolist() == labels.tolist()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    assert answer.shape == (2, 10)
+    assert answer.argmax(axis=1).tolist() == labels.tolist()
