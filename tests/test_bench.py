@@ -38,3 +38,15 @@ def test_bench_compare_runs_on_digits(tmp_path):
     assert pair["framework"]["mlflow_seconds"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| steady-state training images/s" in table and "plain Keras" in table
+
+
+def test_flop_count_of_the_reference_model():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flops", REPO / "bench" / "flops.py")
+    flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flops)
+    conv1 = 2 * 28 * 28 * 3 * 3 * 1 * 32
+    conv2 = 2 * 14 * 14 * 3 * 3 * 32 * 64
+    dense = 2 * (7 * 7 * 64) * 128 + 2 * 128 * 10
+    assert flops.forward_flops([32, 64], 3, 128) == conv1 + conv2 + dense

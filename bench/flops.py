@@ -1,0 +1,68 @@
+"""The ceiling: training FLOPs per image of a model config, and this machine's measured
+float32 matrix-multiply FLOP/s.
+
+    python bench/flops.py                          # the default (seed) model
+    python bench/flops.py --filters 32 64 128 --dense-units 256
+
+Counts multiply-adds x 2 in convolutions and dense layers (BatchNorm, pooling and activations
+are a rounding error here); training costs about 3x the forward pass (forward, plus gradients
+with respect to inputs and to weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def forward_flops(filters: list[int], kernel: int, dense_units: int, side: int = 28,
+                  channels: int = 1, classes: int = 10) -> int:
+    """Forward FLOPs of the CNN with `same` padding and 2x2 pooling after each block."""
+    total = 0
+    for f in filters:
+        total += 2 * side * side * kernel * kernel * channels * f
+        channels, side = f, side // 2
+    flat = side * side * channels
+    return total + 2 * flat * dense_units + 2 * dense_units * classes
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    """Best of `repeats` float32 n x n matrix products, in FLOP/s."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--filters", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--kernel-size", type=int, default=3)
+    parser.add_argument("--dense-units", type=int, default=128)
+    parser.add_argument("--images-per-second", type=float, help="a measured training rate")
+    args = parser.parse_args()
+    forward = forward_flops(args.filters, args.kernel_size, args.dense_units)
+    peak = matmul_flops_per_second()
+    result = {
+        "forward_mflops_per_image": forward / 1e6,
+        "training_mflops_per_image": 3 * forward / 1e6,
+        "matmul_gflops_per_second": peak / 1e9,
+        "ceiling_images_per_second": peak / (3 * forward),
+    }
+    if args.images_per_second:
+        result["fraction_of_ceiling"] = args.images_per_second * 3 * forward / peak
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
