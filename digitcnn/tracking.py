@@ -205,7 +205,9 @@ class Recorder:
             keras_file = Path(tmp) / "model.keras"
             model.save(keras_file)
             probabilities = model.predict(serving.scale_pixels(example, pixel_max), verbose=0)
-            with self._timed():
+            with self._timed(), warnings.catch_warnings():
+                # MLflow asks for type hints; the signature below already describes the input.
+                warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
                 mlflow.pyfunc.log_model(
                     name="model",
                     python_model=serving.DigitClassifier(),
