@@ -90,7 +90,7 @@ class CNNConfig(_Checked):
 
     name: str = "cnn"
     filters: list[int] = field(default_factory=lambda: [32, 64])  # one conv block per entry
-    kernel_size: int = 3
+    kernel_size: int = 5
     padding: str = "same"  # same | valid
     dense_units: int = 128
     dropout: float = 0.25  # after each conv block
