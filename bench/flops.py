@@ -18,8 +18,14 @@ import time
 import numpy as np
 
 
-def forward_flops(filters: list[int], kernel: int, dense_units: int, side: int = 28,
-                  channels: int = 1, classes: int = 10) -> int:
+def forward_flops(
+    filters: list[int],
+    kernel: int,
+    dense_units: int,
+    side: int = 28,
+    channels: int = 1,
+    classes: int = 10,
+) -> int:
     """Forward FLOPs of the CNN with `same` padding and 2x2 pooling after each block."""
     total = 0
     for f in filters:

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--data", help="Keras-layout mnist.npz; omitted: sklearn digits")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--kernel-size", type=int, default=5, help="as model.kernel_size")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--threads", type=int, nargs=2, default=(0, 0), metavar=("INTRA", "INTER"))
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     inputs = keras.Input(shape=x.shape[1:])
     h = inputs
     for filters in (32, 64):
-        h = layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+        h = layers.Conv2D(filters, args.kernel_size, padding="same", use_bias=False)(h)
         h = layers.BatchNormalization()(h)
         h = layers.ReLU()(h)
         h = layers.MaxPooling2D()(h)
@@ -79,7 +80,9 @@ def main() -> None:
     h = layers.Flatten()(h)
     h = layers.Dense(128, activation="relu")(h)
     model = keras.Model(inputs, layers.Dense(10, activation="softmax")(h))
-    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
+    steps = -(-len(x) // args.batch_size) * args.epochs  # Adam, cosine-decayed, as the default
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
+    model.compile(keras.optimizers.Adam(schedule), "categorical_crossentropy", metrics=["accuracy"])
 
     epoch_seconds: list[float] = []
 

@@ -236,7 +236,7 @@ _GROUP_SCHEMAS = {
     "dataset": {"mnist": MnistConfig, "digits": DigitsConfig},
     "model": {"cnn": CNNConfig},
     "optimizer": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
-    "trainer": {"default": TrainerConfig},
+    "trainer": {"default": TrainerConfig, "fast": TrainerConfig},
     "tracking": {"mlflow": TrackingConfig},
     "paths": {"default": PathsConfig},
 }
