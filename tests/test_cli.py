@@ -106,7 +106,7 @@ def test_logged_model_loads_and_predicts(finished_run):
     root, _, _, run, _ = finished_run
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    probabilities = model.predict(np.zeros((3, 8, 8, 1), np.float32))
+    probabilities = model.predict(np.zeros((3, 8, 8), np.float32))  # raw 8x8 pixel images
     assert np.asarray(probabilities).shape == (3, 10)
 
 
