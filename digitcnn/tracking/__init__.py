@@ -1,0 +1,47 @@
+"""Everything MLflow. Training never imports this package; it gets `EpochMetricsLogger` as a
+Keras callback.
+
+- store: where runs are recorded, its checks, redaction, versions and git state;
+- runs: one run's lifecycle and what it writes;
+- sweeps: a sweep's parent run, its children, failed jobs and the champion alias.
+"""
+
+from digitcnn.tracking.runs import EpochMetricsLogger, Recorder, tracked_run
+from digitcnn.tracking.store import (
+    client_for,
+    flatten,
+    git_state,
+    library_versions,
+    model_requirements,
+    preflight,
+    redact,
+)
+from digitcnn.tracking.sweeps import (
+    CHAMPION,
+    end_parent_run,
+    has_child,
+    open_parent_run,
+    record_failed_run,
+    set_champion,
+    sweep_records,
+)
+
+__all__ = [
+    "CHAMPION",
+    "EpochMetricsLogger",
+    "Recorder",
+    "client_for",
+    "end_parent_run",
+    "flatten",
+    "git_state",
+    "has_child",
+    "library_versions",
+    "model_requirements",
+    "open_parent_run",
+    "preflight",
+    "record_failed_run",
+    "redact",
+    "set_champion",
+    "sweep_records",
+    "tracked_run",
+]

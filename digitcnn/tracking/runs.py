@@ -1,0 +1,177 @@
+"""One run's lifecycle and what it writes: params, tags, metrics per epoch, files, model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from digitcnn.config import TrackingConfig
+from digitcnn.tracking.store import client_for
+
+log = logging.getLogger(__name__)
+_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+
+
+class Recorder:
+    """Writes one open MLflow run; created by `tracked_run`."""
+
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str) -> None:
+        self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
+        self.seconds = 0.0  # time spent in MLflow calls, reported by the benchmark
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        with self._timed():
+            for i in range(0, len(items), _BATCH):
+                self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def log_tags(self, tags: Mapping[str, Any]) -> None:
+        with self._timed():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        with self._timed():
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_dataset(
+        self, features: np.ndarray, targets: np.ndarray, name: str, digest: str, source: str
+    ) -> None:
+        with warnings.catch_warnings():  # MLflow warns that a path source is ambiguous
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(
+                features, targets=targets, source=source, name=name, digest=digest[:36]
+            )
+        with self._timed():
+            mlflow.log_input(dataset, context="training")
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        with self._timed():
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
+        """Write {name: content} to a temporary folder and log it: a figure, a frame, a dict
+        (JSON) or text. A file lands in the store whole, or the call fails."""
+        import matplotlib.pyplot as plt
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                path = Path(tmp) / name
+                if hasattr(content, "savefig"):
+                    content.savefig(path, dpi=110)
+                    plt.close(content)
+                elif isinstance(content, pd.DataFrame):
+                    content.to_csv(path)
+                elif isinstance(content, dict):
+                    path.write_text(json.dumps(content, indent=2))
+                else:
+                    path.write_text(str(content))
+            with self._timed():
+                self.client.log_artifacts(self.run_id, tmp, folder)
+
+    def log_model(
+        self,
+        model: keras.Model,
+        example: np.ndarray,
+        pixel_max: int,
+        requirements: list[str],
+        register_as: str | None = None,
+    ) -> None:
+        """The trained model as a pyfunc over raw pixel images (see digitcnn.serving), with
+        signature and input example; registered as a version of `register_as` if given."""
+        from mlflow.models import infer_signature
+
+        from digitcnn import paths, serving
+
+        with tempfile.TemporaryDirectory() as tmp:
+            keras_file = Path(tmp) / "model.keras"
+            model.save(keras_file)
+            probabilities = model.predict(serving.scale_pixels(example, pixel_max), verbose=0)
+            with self._timed(), warnings.catch_warnings():
+                # MLflow asks for type hints; the signature below already describes the input.
+                warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+                mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=serving.DigitClassifier(),
+                    artifacts={serving.KERAS_ARTIFACT: str(keras_file)},
+                    model_config={"pixel_max": pixel_max},
+                    signature=infer_signature(example, probabilities),
+                    input_example=example,
+                    code_paths=[str(paths.PACKAGE_DIR)],  # loads without digitcnn installed
+                    pip_requirements=requirements,  # pinned here: inferring them costs seconds
+                    registered_model_name=register_as,
+                )
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """One `log_batch` per epoch, step = epoch number (1-based); nothing per batch."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.recorder.log_metrics(dict(logs or {}), step=epoch + 1)
+
+
+@contextmanager
+def tracked_run(
+    cfg: TrackingConfig,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[Recorder]:
+    """Open one run (nested under `parent_run_id` in a sweep; `run_id` reopens an interrupted
+    one); it ends FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open."""
+    started = time.perf_counter()
+    client, experiment_id = client_for(cfg)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=dict(tags),
+            parent_run_id=parent_run_id,
+        )
+    recorder = Recorder(client, run.info.run_id, run.info.artifact_uri)
+    recorder.seconds = time.perf_counter() - started
+    status = "FAILED"
+    try:
+        yield recorder
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        recorder.log_files({"traceback.txt": traceback.format_exc()})
+        raise
+    finally:
+        with recorder._timed():
+            mlflow.end_run(status)
+        log.debug("MLflow run %s ended %s", run.info.run_id, status)

@@ -1,0 +1,156 @@
+"""Where runs are recorded and what describes them: the store, its checks, redaction,
+the versions and git state a run records."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from filelock import FileLock
+from mlflow.tracking import MlflowClient
+
+from digitcnn.config import TrackingConfig
+from digitcnn.errors import InputError
+
+# MLflow prints each run's URL, credentials and all; the job prints its own redacted summary.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(uri: str) -> str:
+    """`scheme://user:password@host` -> `scheme://***@host`: secrets never reach a record."""
+    return _CREDENTIALS.sub("***@", uri)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"model.dropout": "0.25", ...}; lists stay whole, as `[32, 64]`."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = str(value)
+    return flat
+
+
+def _experiment_id(client: MlflowClient, cfg: TrackingConfig) -> str:
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = Path(cfg.artifact_location).expanduser().resolve()
+    try:
+        return client.create_experiment(cfg.experiment, artifact_location=location.as_uri())
+    except mlflow.exceptions.MlflowException:
+        # A parallel job created it between our look-up and our create.
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def git_state(folder: Path) -> dict[str, str]:
+    """The commit and dirty flag of the checkout holding `folder`; empty outside a checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+
+    versions = {
+        "version.python": platform.python_version(),
+        "version.keras": keras.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.numpy": np.__version__,
+        "version.scikit_learn": sklearn.__version__,
+    }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        versions["version.tensorflow"] = tf.__version__
+    return versions
+
+
+def model_requirements(versions: Mapping[str, str]) -> list[str]:
+    """Pinned pip requirements of a logged model: Keras, its backend and MLflow, as trained."""
+    pins = {
+        "keras": versions["version.keras"],
+        "mlflow": versions["version.mlflow"],
+        "numpy": versions["version.numpy"],
+    }
+    if "version.tensorflow" in versions:
+        pins["tensorflow"] = versions["version.tensorflow"]
+    return [f"{name}=={version}" for name, version in pins.items()]
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def client_for(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
+    """A client on `cfg.uri` and the id of `cfg.experiment`, created if missing."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
+    mlflow.set_tracking_uri(cfg.uri)
+    client = MlflowClient(cfg.uri)
+    db = _sqlite_path(cfg.uri)
+    if db is None:
+        return client, _experiment_id(client, cfg)
+    # The first use creates the tables and the experiment: one process at a time.
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        return client, _experiment_id(client, cfg)
+
+
+def preflight(cfg: TrackingConfig) -> None:
+    """Fail early, with the key named, when the store cannot be reached or its artifact folder
+    cannot be written: before data is loaded and before any run exists."""
+    shown = redact(cfg.uri)
+    if cfg.uri.startswith(("http://", "https://")):
+        try:
+            parts = urllib.parse.urlsplit(cfg.uri)  # /health needs no credentials
+            health = parts._replace(netloc=parts.netloc.rpartition("@")[2], path="/health")
+            urllib.request.urlopen(health.geturl(), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"tracking.uri={shown!r} is not reachable ({redact(str(exc))}); start the "
+                "MLflow server or fix the address"
+            ) from None
+    try:
+        client, experiment_id = client_for(cfg)
+        location = client.get_experiment(experiment_id).artifact_location
+    except (OSError, mlflow.exceptions.MlflowException) as exc:
+        raise InputError(f"tracking.uri={shown!r} cannot be used: {redact(str(exc))}") from None
+    if location.startswith("file:") or "://" not in location:
+        folder = Path(urllib.parse.urlparse(location).path if "://" in location else location)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise InputError(
+                f"tracking.artifact_location={str(folder)!r} (experiment {cfg.experiment!r}) "
+                f"cannot be written: {exc.strerror}"
+            ) from None

@@ -1,0 +1,83 @@
+"""A sweep's records: its parent run, its children, failed jobs, the champion alias."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from digitcnn.config import TrackingConfig
+from digitcnn.sweep_summary import JobRecord
+from digitcnn.tracking.runs import Recorder
+from digitcnn.tracking.store import client_for
+
+
+def open_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create a sweep's parent run (left RUNNING until `end_parent_run`); returns its id."""
+    client, experiment_id = client_for(cfg)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    return run.info.run_id
+
+
+def sweep_records(cfg: TrackingConfig, parent_run_id: str) -> tuple[Recorder, list[JobRecord]]:
+    """A recorder on the parent run and what each of its child runs recorded."""
+    client, _ = client_for(cfg)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=50_000,
+    )
+    records = [
+        JobRecord(
+            job=int(run.data.tags.get("sweep.job", -1)),
+            run_id=run.info.run_id,
+            status=run.info.status,
+            overrides=json.loads(run.data.tags.get("overrides", "[]")),
+            metrics=dict(run.data.metrics),
+        )
+        for run in children
+    ]
+    return Recorder(client, parent_run_id, parent.info.artifact_uri), records
+
+
+def end_parent_run(recorder: Recorder, status: str) -> None:
+    recorder.client.set_terminated(recorder.run_id, status)
+
+
+def _from_job_config(cfg: DictConfig) -> tuple[MlflowClient, str]:
+    return client_for(OmegaConf.to_object(cfg.tracking))
+
+
+def has_child(cfg: DictConfig, parent_run_id: str, job: int) -> bool:
+    """Whether sweep job `job` already has a run under `parent_run_id`."""
+    client, experiment_id = _from_job_config(cfg)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`sweep.job` = '{job}'",
+        max_results=1,
+    )
+    return bool(found)
+
+
+def record_failed_run(
+    cfg: DictConfig, run_name: str, tags: Mapping[str, str], parent_run_id: str
+) -> None:
+    """A FAILED child run for a sweep job that failed before its own run opened."""
+    client, experiment_id = _from_job_config(cfg)
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={**tags, "mlflow.parentRunId": parent_run_id}
+    )
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
+CHAMPION = "champion"
+
+
+def set_champion(client: MlflowClient, name: str, run_id: str) -> str:
+    """Point registered model `name`'s alias `champion` at the version logged by `run_id`."""
+    (version,) = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return version.version
