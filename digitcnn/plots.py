@@ -43,18 +43,33 @@ def learning_curves_figure(history: dict[str, list[float]]) -> Figure:
 def misclassified_figure(
     images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, limit: int = 36
 ) -> Figure:
-    """A grid of up to `limit` misclassified test images, titled true -> predicted."""
+    """A grid of up to `limit` misclassified test images, each captioned true -> predicted.
+
+    Drawn as one mosaic in a single axes: 36 separate subplots take about a second to render.
+    """
     wrong = np.flatnonzero(predicted != labels)[:limit]
     cols = 6
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, wrong, strict=False):
-        ax.imshow(images[i].squeeze(), cmap="gray_r")
-        ax.set_title(f"{labels[i]} -> {predicted[i]}", fontsize=10)
+    h, w = images.shape[1:3]
+    pad, caption = max(1, h // 14), max(4, h // 3)
+    cell_h, cell_w = h + caption + pad, w + pad
+    mosaic = np.ones((rows * cell_h, cols * cell_w), np.float32)  # white paper
+    fig, ax = plt.subplots(figsize=(cols * 1.6, rows * 1.9 + 0.6))
+    for k, i in enumerate(wrong):
+        top, left = (k // cols) * cell_h + caption, (k % cols) * cell_w
+        mosaic[top : top + h, left : left + w] = 1.0 - images[i].squeeze()  # dark ink
+        ax.text(
+            left + w / 2,
+            top - 1,
+            f"{labels[i]} -> {predicted[i]}",
+            ha="center",
+            va="bottom",
+            fontsize=10,
+        )
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
     total = int(np.sum(predicted != labels))
-    fig.suptitle(f"Misclassified test images: true -> predicted ({len(wrong)} of {total})")
+    ax.set_title(f"Misclassified test images: true -> predicted ({len(wrong)} of {total})")
     fig.tight_layout()
     return fig
 
