@@ -53,7 +53,7 @@ def _timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filters", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--kernel-size", type=int, default=3)
+    parser.add_argument("--kernel-size", type=int, default=5)
     parser.add_argument("--dense-units", type=int, default=128)
     parser.add_argument("--images-per-second", type=float, help="a measured training rate")
     args = parser.parse_args()
