@@ -129,16 +129,23 @@ def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | No
     return tags
 
 
+def _recorded_config(cfg: DictConfig, typed: Config) -> dict:
+    """The resolved config as a run records it (params, config.yaml): credentials redacted."""
+    from digitcnn import tracking
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["tracking"]["uri"] = tracking.redact(typed.tracking.uri)
+    return resolved
+
+
 def _params(cfg: DictConfig, typed: Config, model, data, threads: tuple[int, int]) -> dict:
     import keras
 
     from digitcnn import tracking
     from digitcnn.model import trainable_parameters
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["tracking"]["uri"] = tracking.redact(typed.tracking.uri)
     return {
-        **tracking.flatten(resolved),
+        **tracking.flatten(_recorded_config(cfg, typed)),
         "derived.trainable_params": trainable_parameters(model),
         "derived.input_shape": list(data.input_shape),
         "derived.num_classes": data.num_classes,
@@ -197,11 +204,9 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
             ),
         }
     )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["tracking"]["uri"] = tracking.redact(typed.tracking.uri)
     recorder.log_files(
         {
-            "config.yaml": OmegaConf.to_yaml(resolved),
+            "config.yaml": OmegaConf.to_yaml(_recorded_config(cfg, typed)),
             "overrides.yaml": OmegaConf.to_yaml([tracking.redact(o) for o in overrides]),
         },
         folder="config",
