@@ -8,9 +8,11 @@ Keras callback.
 
 from digitcnn.tracking.runs import EpochMetricsLogger, Recorder, tracked_run
 from digitcnn.tracking.store import (
+    Store,
     client_for,
     flatten,
     git_state,
+    import_store_modules,
     library_versions,
     model_requirements,
     preflight,
@@ -30,11 +32,13 @@ __all__ = [
     "CHAMPION",
     "EpochMetricsLogger",
     "Recorder",
+    "Store",
     "client_for",
     "end_parent_run",
     "flatten",
     "git_state",
     "has_child",
+    "import_store_modules",
     "library_versions",
     "model_requirements",
     "open_parent_run",

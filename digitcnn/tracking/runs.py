@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -19,9 +20,9 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils import requirements_utils
 
-from digitcnn.config import TrackingConfig
-from digitcnn.tracking.store import client_for
+from digitcnn.tracking.store import Store
 
 log = logging.getLogger(__name__)
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
@@ -33,6 +34,16 @@ class Recorder:
     def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str) -> None:
         self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
         self.seconds = 0.0  # time spent in MLflow calls, reported by the benchmark
+        self._package_scan: threading.Thread | None = None
+
+    def prepare_model_logging(self) -> None:
+        """Start, in a background thread, the scan of installed packages that MLflow makes
+        when it checks a logged model's pip requirements (~0.8 s of Python). Called before
+        training, the scan runs while TensorFlow works; `log_model` waits for it."""
+        scan = getattr(requirements_utils, "_init_packages_to_modules_map", None)
+        if scan is not None and self._package_scan is None:  # absent: MLflow scans when logging
+            self._package_scan = threading.Thread(target=scan, name="mlflow-package-scan")
+            self._package_scan.start()
 
     @contextmanager
     def _timed(self) -> Iterator[None]:
@@ -107,6 +118,8 @@ class Recorder:
 
         from digitcnn import paths, serving
 
+        if self._package_scan is not None:
+            self._package_scan.join()
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
             model.save(keras_file)
@@ -140,26 +153,26 @@ class EpochMetricsLogger(keras.callbacks.Callback):
 
 @contextmanager
 def tracked_run(
-    cfg: TrackingConfig,
+    store: Store,
     run_name: str,
     tags: Mapping[str, str],
     parent_run_id: str | None = None,
     run_id: str | None = None,
 ) -> Iterator[Recorder]:
-    """Open one run (nested under `parent_run_id` in a sweep; `run_id` reopens an interrupted
-    one); it ends FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open."""
+    """Open one run in `store` (from `preflight`; nested under `parent_run_id` in a sweep;
+    `run_id` reopens an interrupted one); it ends FINISHED, FAILED (traceback logged) or KILLED
+    (Ctrl-C), never open."""
     started = time.perf_counter()
-    client, experiment_id = client_for(cfg)
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
         run = mlflow.start_run(
-            experiment_id=experiment_id,
+            experiment_id=store.experiment_id,
             run_name=run_name,
             tags=dict(tags),
             parent_run_id=parent_run_id,
         )
-    recorder = Recorder(client, run.info.run_id, run.info.artifact_uri)
+    recorder = Recorder(store.client, run.info.run_id, run.info.artifact_uri)
     recorder.seconds = time.perf_counter() - started
     status = "FAILED"
     try:

@@ -12,8 +12,9 @@ import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import mlflow
@@ -27,6 +28,7 @@ from digitcnn.errors import InputError
 # MLflow prints each run's URL, credentials and all; the job prints its own redacted summary.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -107,27 +109,41 @@ def model_requirements(versions: Mapping[str, str]) -> list[str]:
     return [f"{name}=={version}" for name, version in pins.items()]
 
 
+def import_store_modules(uri: str) -> None:
+    """Import what MLflow needs for `uri` now: a database store pulls in SQLAlchemy and Alembic
+    and maps its tables on first use (~0.5 s), import time better counted as such."""
+    if urllib.parse.urlsplit(uri).scheme.split("+")[0] in DATABASE_SCHEMES:
+        import_module("mlflow.store.tracking.sqlalchemy_store")
+
+
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-def client_for(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
+class Store(NamedTuple):
+    """An open tracking store and the experiment a job records into."""
+
+    client: MlflowClient
+    experiment_id: str
+
+
+def client_for(cfg: TrackingConfig) -> Store:
     """A client on `cfg.uri` and the id of `cfg.experiment`, created if missing."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
     mlflow.set_tracking_uri(cfg.uri)
     client = MlflowClient(cfg.uri)
     db = _sqlite_path(cfg.uri)
     if db is None:
-        return client, _experiment_id(client, cfg)
+        return Store(client, _experiment_id(client, cfg))
     # The first use creates the tables and the experiment: one process at a time.
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock"):
-        return client, _experiment_id(client, cfg)
+        return Store(client, _experiment_id(client, cfg))
 
 
-def preflight(cfg: TrackingConfig) -> None:
-    """Fail early, with the key named, when the store cannot be reached or its artifact folder
-    cannot be written: before data is loaded and before any run exists."""
+def preflight(cfg: TrackingConfig) -> Store:
+    """Open the store, failing early with the key named when it cannot be reached or its
+    artifact folder cannot be written: before data is loaded and before any run exists."""
     shown = redact(cfg.uri)
     if cfg.uri.startswith(("http://", "https://")):
         try:
@@ -140,8 +156,8 @@ def preflight(cfg: TrackingConfig) -> None:
                 "MLflow server or fix the address"
             ) from None
     try:
-        client, experiment_id = client_for(cfg)
-        location = client.get_experiment(experiment_id).artifact_location
+        store = client_for(cfg)
+        location = store.client.get_experiment(store.experiment_id).artifact_location
     except (OSError, mlflow.exceptions.MlflowException) as exc:
         raise InputError(f"tracking.uri={shown!r} cannot be used: {redact(str(exc))}") from None
     if location.startswith("file:") or "://" not in location:
@@ -154,3 +170,4 @@ def preflight(cfg: TrackingConfig) -> None:
                 f"tracking.artifact_location={str(folder)!r} (experiment {cfg.experiment!r}) "
                 f"cannot be written: {exc.strerror}"
             ) from None
+    return store

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from digitcnn.config import TrackingConfig
 from digitcnn.sweep_summary import JobRecord
 from digitcnn.tracking.runs import Recorder
-from digitcnn.tracking.store import client_for
+from digitcnn.tracking.store import Store, client_for
 
 
 def open_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
@@ -47,7 +47,7 @@ def end_parent_run(recorder: Recorder, status: str) -> None:
     recorder.client.set_terminated(recorder.run_id, status)
 
 
-def _from_job_config(cfg: DictConfig) -> tuple[MlflowClient, str]:
+def _from_job_config(cfg: DictConfig) -> Store:
     return client_for(OmegaConf.to_object(cfg.tracking))
 
 
