@@ -25,12 +25,15 @@ def forward_flops(
     side: int = 28,
     channels: int = 1,
     classes: int = 10,
+    convs_per_block: int = 1,
 ) -> int:
     """Forward FLOPs of the CNN with `same` padding and 2x2 pooling after each block."""
     total = 0
     for f in filters:
-        total += 2 * side * side * kernel * kernel * channels * f
-        channels, side = f, side // 2
+        for _ in range(convs_per_block):
+            total += 2 * side * side * kernel * kernel * channels * f
+            channels = f
+        side //= 2
     flat = side * side * channels
     return total + 2 * flat * dense_units + 2 * dense_units * classes
 
@@ -53,11 +56,14 @@ def _timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filters", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--convs-per-block", type=int, default=1)
     parser.add_argument("--kernel-size", type=int, default=5)
     parser.add_argument("--dense-units", type=int, default=128)
     parser.add_argument("--images-per-second", type=float, help="a measured training rate")
     args = parser.parse_args()
-    forward = forward_flops(args.filters, args.kernel_size, args.dense_units)
+    forward = forward_flops(
+        args.filters, args.kernel_size, args.dense_units, convs_per_block=args.convs_per_block
+    )
     peak = matmul_flops_per_second()
     result = {
         "forward_mflops_per_image": forward / 1e6,

@@ -90,6 +90,7 @@ class CNNConfig(_Checked):
 
     name: str = "cnn"
     filters: list[int] = field(default_factory=lambda: [32, 64])  # one conv block per entry
+    convs_per_block: int = 1  # Conv-BN-ReLU layers per block before its pooling
     kernel_size: int = 5
     padding: str = "same"  # same | valid
     dense_units: int = 128
@@ -106,6 +107,7 @@ class CNNConfig(_Checked):
             len(self.filters) > 0 and all(f > 0 for f in self.filters),
             "a non-empty list of positive integers",
         )
+        self._require("convs_per_block", self.convs_per_block > 0, "a positive integer")
         self._require("kernel_size", self.kernel_size > 0, "a positive integer")
         self._require_choice("padding", ("same", "valid"))
         self._require("dense_units", self.dense_units > 0, "a positive integer")

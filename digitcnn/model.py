@@ -9,18 +9,21 @@ from digitcnn.config import CNNConfig
 
 
 def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Per entry of `cfg.filters`: Conv2D -> BatchNorm -> ReLU -> MaxPool -> Dropout; then
+    """Per entry of `cfg.filters`: (Conv2D -> BatchNorm -> ReLU) x `convs_per_block` -> MaxPool
+    -> Dropout; then
     Flatten -> Dense -> ReLU (-> Dropout) -> Dense softmax, as the reference script."""
     inputs = keras.Input(shape=input_shape, name="image")
     steps = _augmentation(cfg)
     x = keras.Sequential(steps, name="augmentation")(inputs) if steps else inputs
     for i, filters in enumerate(cfg.filters, start=1):
-        # No bias: the BatchNorm right after it has its own shift.
-        x = layers.Conv2D(
-            filters, cfg.kernel_size, padding=cfg.padding, use_bias=False, name=f"conv{i}"
-        )(x)
-        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
+        for j in range(1, cfg.convs_per_block + 1):
+            name = f"{i}" if cfg.convs_per_block == 1 else f"{i}_{j}"  # conv1, or conv1_1 ...
+            # No bias: the BatchNorm right after it has its own shift.
+            x = layers.Conv2D(
+                filters, cfg.kernel_size, padding=cfg.padding, use_bias=False, name=f"conv{name}"
+            )(x)
+            x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{name}")(x)
+            x = layers.ReLU(name=f"relu{name}")(x)
         if min(x.shape[1:3]) >= 2:  # 8x8 inputs run out of pixels before 28x28 ones do
             x = layers.MaxPooling2D(name=f"pool{i}")(x)
         x = layers.Dropout(cfg.dropout, name=f"dropout{i}")(x)

@@ -50,3 +50,9 @@ def test_flop_count_of_the_reference_model():
     conv2 = 2 * 14 * 14 * 3 * 3 * 32 * 64
     dense = 2 * (7 * 7 * 64) * 128 + 2 * 128 * 10
     assert flops.forward_flops([32, 64], 3, 128) == conv1 + conv2 + dense
+    conv1_2 = 2 * 28 * 28 * 3 * 3 * 32 * 32
+    conv2_1 = 2 * 14 * 14 * 3 * 3 * 32 * 64
+    conv2_2 = 2 * 14 * 14 * 3 * 3 * 64 * 64
+    assert flops.forward_flops([32, 64], 3, 128, convs_per_block=2) == (
+        conv1 + conv1_2 + conv2_1 + conv2_2 + dense
+    )

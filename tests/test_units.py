@@ -28,6 +28,16 @@ def test_reference_architecture_layers_in_order():
     assert kinds == [*block, *block, "Flatten", "Dense", "Dense"]
 
 
+def test_blocks_stack_several_convolutions_before_pooling():
+    from digitcnn.model import build_cnn
+
+    model = build_cnn(CNNConfig(filters=[16, 32], convs_per_block=2), (28, 28, 1), 10)
+    convs = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert convs == ["conv1_1", "conv1_2", "conv2_1", "conv2_2"]
+    assert model.get_layer("conv2_1").kernel.shape == (5, 5, 16, 32)
+    assert model.get_layer("flatten").output.shape[1:] == (7 * 7 * 32,)
+
+
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     from digitcnn.optim import learning_rate
 
