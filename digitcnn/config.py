@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from digitcnn import paths
 from digitcnn.errors import ConfigValueError
 
+PRECISIONS = ("float32", "mixed_bfloat16")
 OBJECTIVES = ("val_accuracy", "val_loss")  # never a test-set number
 MNIST_TRAIN_SIZE = 60_000
 DIGITS_SIZE = 1_797
@@ -182,6 +183,7 @@ class TrainerConfig(_Checked):
     intra_op_threads: int = 0  # threads inside one op; 0 = TensorFlow's choice
     inter_op_threads: int = 0  # ops run at once; 0 = TensorFlow's choice
     deterministic: bool = False  # bit-identical reruns (slower)
+    precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights)
     progress_bar: bool = False  # Keras's per-batch bar; one line per epoch is always logged
 
     def __post_init__(self) -> None:
@@ -189,6 +191,7 @@ class TrainerConfig(_Checked):
             self._require(name, getattr(self, name) > 0, "a positive integer")
         for name in ("intra_op_threads", "inter_op_threads"):
             self._require(name, getattr(self, name) >= 0, "0 (automatic) or a positive integer")
+        self._require_choice("precision", PRECISIONS)
 
 
 # --- tracking and paths --------------------------------------------------------------------

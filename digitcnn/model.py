@@ -31,7 +31,10 @@ def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) ->
     x = layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     if cfg.dense_dropout > 0:
         x = layers.Dropout(cfg.dense_dropout, name="dense_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # Probabilities in float32 whatever the compute precision: softmax and the loss need it.
+    outputs = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name="cnn")
 
 

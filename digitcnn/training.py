@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = (0, 0)) -> None:
-    """Threads (intra-op, inter-op; 0 = the backend's choice), determinism and seeds; call
-    before the first tensor is made."""
+    """Threads (intra-op, inter-op; 0 = the backend's choice), determinism, precision and
+    seeds; call before the first tensor is made and before the model is built."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -28,7 +28,14 @@ def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = 
         tf.config.threading.set_inter_op_parallelism_threads(threads[1])
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
+    set_precision(cfg.precision)
     keras.utils.set_random_seed(seed)  # Python, NumPy and the backend
+
+
+def set_precision(precision: str) -> None:
+    """`float32`, or `mixed_bfloat16` (bf16 compute, float32 weights) for layers built after
+    this call; the model's probabilities stay float32 either way."""
+    keras.config.set_dtype_policy(precision)
 
 
 class EpochStats(keras.callbacks.Callback):

@@ -38,6 +38,22 @@ def test_blocks_stack_several_convolutions_before_pooling():
     assert model.get_layer("flatten").output.shape[1:] == (7 * 7 * 32,)
 
 
+def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32():
+    import keras
+
+    from digitcnn.model import build_cnn
+    from digitcnn.training import set_precision
+
+    try:
+        set_precision("mixed_bfloat16")
+        model = build_cnn(CNNConfig(filters=[8]), (28, 28, 1), 10)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("conv1").kernel.dtype == "float32"
+    assert model(np.zeros((1, 28, 28, 1), np.float32)).dtype == "float32"
+
+
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     from digitcnn.optim import learning_rate
 
