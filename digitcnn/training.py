@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import keras
@@ -79,6 +83,41 @@ class EpochStats(keras.callbacks.Callback):
         )
 
 
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Makes one Ctrl-C stop training for sure.
+
+    Python raises KeyboardInterrupt wherever the main thread is; when that is a finalizer
+    (TensorFlow frees tensors and iterators in `__del__`), the exception is printed and
+    dropped, and training would go on. While `watching()`, SIGINT also sets a flag that this
+    callback turns into KeyboardInterrupt at the end of the epoch. (No per-batch hook: one
+    would make Keras copy every batch's metrics to Python, synchronously.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may handle signals
+            return
+
+        def on_sigint(signum, frame) -> None:
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+
 @dataclass(frozen=True)
 class TrainResult:
     history: dict[str, list[float]]  # per epoch: loss, accuracy, val_*, epoch_seconds, lr
@@ -106,18 +145,20 @@ def train(
             jit_compile=cfg.jit_compile,
         )
     one_hot = np.eye(data.num_classes, dtype=np.float32)
+    stop = StopOnInterrupt()
     started = time.perf_counter()
-    history = model.fit(
-        data.x_train,
-        one_hot[data.y_train],
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        initial_epoch=initial_epoch,
-        validation_data=(data.x_val, one_hot[data.y_val]),
-        shuffle=True,
-        verbose=1 if cfg.progress_bar else 0,
-        callbacks=[EpochStats(cfg.epochs, len(data.x_train)), *callbacks],
-    )
+    with stop.watching():
+        history = model.fit(
+            data.x_train,
+            one_hot[data.y_train],
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            validation_data=(data.x_val, one_hot[data.y_val]),
+            shuffle=True,
+            verbose=1 if cfg.progress_bar else 0,
+            callbacks=[stop, EpochStats(cfg.epochs, len(data.x_train)), *callbacks],
+        )
     seconds = time.perf_counter() - started
     return TrainResult(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},

@@ -104,3 +104,23 @@ def test_flatten_uses_dotted_keys_and_keeps_lists_whole():
 )
 def test_credentials_are_redacted(uri, expected):
     assert redact(uri) == expected
+
+
+def test_a_ctrl_c_swallowed_mid_epoch_still_stops_training_at_its_end():
+    import os
+    import signal
+    import time
+
+    from digitcnn.training import StopOnInterrupt
+
+    stop = StopOnInterrupt()
+    before = signal.getsignal(signal.SIGINT)
+    with stop.watching():
+        try:  # as in a finalizer, where Python prints the KeyboardInterrupt and drops it
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler interrupts this at once
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            stop.on_epoch_end(0)
+    assert signal.getsignal(signal.SIGINT) is before
