@@ -2,7 +2,8 @@
 float32 matrix-multiply FLOP/s.
 
     python bench/flops.py                          # the default (seed) model
-    python bench/flops.py --filters 32 64 128 --dense-units 256
+    python bench/flops.py --filters 32 64 128 --dense-units 256 --kernel-size 3
+    python bench/flops.py --filters 16 32 --dense-units 256 --padding valid   # experiment=fast
 
 Counts multiply-adds x 2 in convolutions and dense layers (BatchNorm, pooling and activations
 are a rounding error here); training costs about 3x the forward pass (forward, plus gradients
@@ -26,11 +27,15 @@ def forward_flops(
     channels: int = 1,
     classes: int = 10,
     convs_per_block: int = 1,
+    padding: str = "same",
 ) -> int:
-    """Forward FLOPs of the CNN with `same` padding and 2x2 pooling after each block."""
+    """Forward FLOPs of the CNN with 2x2 pooling after each block; `valid` padding shrinks
+    each convolution's output by kernel - 1."""
     total = 0
     for f in filters:
         for _ in range(convs_per_block):
+            if padding == "valid":
+                side -= kernel - 1
             total += 2 * side * side * kernel * kernel * channels * f
             channels = f
         side //= 2
@@ -58,11 +63,16 @@ def main() -> None:
     parser.add_argument("--filters", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--convs-per-block", type=int, default=1)
     parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--padding", choices=("same", "valid"), default="same")
     parser.add_argument("--dense-units", type=int, default=128)
     parser.add_argument("--images-per-second", type=float, help="a measured training rate")
     args = parser.parse_args()
     forward = forward_flops(
-        args.filters, args.kernel_size, args.dense_units, convs_per_block=args.convs_per_block
+        args.filters,
+        args.kernel_size,
+        args.dense_units,
+        convs_per_block=args.convs_per_block,
+        padding=args.padding,
     )
     peak = matmul_flops_per_second()
     result = {

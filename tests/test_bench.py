@@ -56,3 +56,9 @@ def test_flop_count_of_the_reference_model():
     assert flops.forward_flops([32, 64], 3, 128, convs_per_block=2) == (
         conv1 + conv1_2 + conv2_1 + conv2_2 + dense
     )
+    valid_conv1 = 2 * 24 * 24 * 5 * 5 * 1 * 16
+    valid_conv2 = 2 * 8 * 8 * 5 * 5 * 16 * 32
+    valid_dense = 2 * (4 * 4 * 32) * 256 + 2 * 256 * 10
+    assert flops.forward_flops([16, 32], 5, 256, padding="valid") == (
+        valid_conv1 + valid_conv2 + valid_dense
+    )
