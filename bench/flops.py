@@ -4,6 +4,7 @@ float32 matrix-multiply FLOP/s.
     python bench/flops.py                          # the default (seed) model
     python bench/flops.py --filters 32 64 128 --dense-units 256 --kernel-size 3
     python bench/flops.py --filters 16 32 --dense-units 256 --padding valid   # experiment=fast
+    python bench/flops.py --tensorflow             # also TensorFlow's float32 and bf16 matmul
 
 Counts multiply-adds x 2 in convolutions and dense layers (BatchNorm, pooling and activations
 are a rounding error here); training costs about 3x the forward pass (forward, plus gradients
@@ -52,6 +53,18 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def tensorflow_matmul_flops_per_second(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best of `repeats` n x n products in TensorFlow at `dtype` (bfloat16 uses AMX where the
+    CPU has it), in FLOP/s."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.uniform((n, n), seed=0), dtype)
+    product = tf.function(lambda: tf.matmul(a, a))
+    product().numpy()  # warm-up and tracing
+    best = min(_timed(lambda: product().numpy()) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
 def _timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -66,6 +79,9 @@ def main() -> None:
     parser.add_argument("--padding", choices=("same", "valid"), default="same")
     parser.add_argument("--dense-units", type=int, default=128)
     parser.add_argument("--images-per-second", type=float, help="a measured training rate")
+    parser.add_argument(
+        "--tensorflow", action="store_true", help="also time TensorFlow matmul, float32 and bf16"
+    )
     args = parser.parse_args()
     forward = forward_flops(
         args.filters,
@@ -83,6 +99,10 @@ def main() -> None:
     }
     if args.images_per_second:
         result["fraction_of_ceiling"] = args.images_per_second * 3 * forward / peak
+    if args.tensorflow:
+        for dtype in ("float32", "bfloat16"):
+            flops = tensorflow_matmul_flops_per_second(dtype)
+            result[f"tensorflow_{dtype}_matmul_gflops_per_second"] = flops / 1e9
     print(json.dumps(result, indent=2))
 
 
