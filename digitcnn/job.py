@@ -120,7 +120,7 @@ def _import_libraries(tracking_uri: str) -> None:
     """Keras and its backend, MLflow (with its store's modules) and matplotlib, up front: a
     job's timings then show import time apart from the work it does."""
     import_keras_quietly()
-    for module in ("digitcnn.tracking", "digitcnn.serving", "digitcnn.plots"):
+    for module in ("digitcnn.serving", "digitcnn.plots"):
         import_module(module)
     import_module("digitcnn.tracking").import_store_modules(tracking_uri)
 

@@ -10,8 +10,8 @@ from digitcnn.config import CNNConfig
 
 def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """Per entry of `cfg.filters`: (Conv2D -> BatchNorm -> ReLU) x `convs_per_block` -> MaxPool
-    -> Dropout; then
-    Flatten -> Dense -> ReLU (-> Dropout) -> Dense softmax, as the reference script."""
+    -> Dropout; then Flatten -> Dense -> ReLU (-> Dropout) -> Dense softmax, as the reference
+    script."""
     inputs = keras.Input(shape=input_shape, name="image")
     steps = _augmentation(cfg)
     x = keras.Sequential(steps, name="augmentation")(inputs) if steps else inputs
