@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +62,23 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def failure_report(proc: subprocess.CompletedProcess) -> str:
+    """What a failed command said that matters: every line naming an error or a failure
+    (a sweep's job can fail long before its last output), then the tails of both streams."""
+    both = f"{proc.stdout or ''}\n{proc.stderr or ''}"
+    flagged = [ln for ln in both.splitlines() if re.search(r"error|failed|traceback", ln, re.I)]
+    return "\n".join(
+        [
+            "-- lines naming an error --",
+            *flagged[:40],
+            "-- stdout tail --",
+            (proc.stdout or "")[-1500:],
+            "-- stderr tail --",
+            (proc.stderr or "")[-2500:],
+        ]
     )
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, failure_report
 
 
 def test_bench_compare_runs_on_digits(tmp_path):
@@ -29,7 +29,7 @@ def test_bench_compare_runs_on_digits(tmp_path):
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     results = json.loads(out.with_suffix(".json").read_text())
     (pair,) = results["pairs"]
     for side in ("baseline", "framework"):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import client_for, run_cli
+from tests.conftest import client_for, failure_report, run_cli
 
 EPOCHS = 2
 
@@ -28,7 +28,7 @@ def finished_run(tmp_path_factory):
         "tracking.experiment=e2e",
         cwd=elsewhere,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     client = client_for(root)
     (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     return root, elsewhere, client, run, proc

@@ -6,13 +6,27 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
-from tests.conftest import cli_env, client_for, free_port, run_cli, serving
+from digitcnn import tracking
+from digitcnn.config import TrackingConfig
+from tests.conftest import (
+    cli_env,
+    client_for,
+    failure_report,
+    free_port,
+    run_cli,
+    serving,
+    store_uri,
+)
 
 DIGITS = ("dataset=digits", "dataset.val_size=180")
 
@@ -90,7 +104,7 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path):
     assert refused.returncode == 2 and "not model.dropout=0.5" in refused.stderr
 
     resumed = run_cli(tmp_path, f"resume={run.info.run_id}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure_report(resumed)
     client, run = only_run(tmp_path, "resume")  # the same run, not a new one
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
@@ -101,10 +115,10 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path):
 
 def test_resume_by_output_folder_and_epochs_extension(tmp_path):
     proc = run_cli(tmp_path, *DIGITS, "trainer.epochs=1", "tracking.experiment=extend")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     (folder,) = tmp_path.glob("outputs/*/*")
     proc = run_cli(tmp_path, f"resume={folder}", "trainer.epochs=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     client, run = only_run(tmp_path, "extend")
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == [1, 2]
@@ -113,7 +127,6 @@ def test_resume_by_output_folder_and_epochs_extension(tmp_path):
 def _weights(client, run_id: str) -> list[np.ndarray]:
     """The weights of the Keras model inside a run's logged pyfunc model."""
     import keras
-    import mlflow
 
     mlflow.set_tracking_uri(client.tracking_uri)
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
@@ -131,13 +144,13 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
     )
     for _ in range(2):
         proc = run_cli(tmp_path, *args)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, failure_report(proc)
     client = client_for(tmp_path)
     first, second = client.search_runs(
         [client.get_experiment_by_name("det").experiment_id], order_by=["start_time ASC"]
     )
     proc = run_cli(tmp_path, f"rerun={first.info.run_id}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     runs = client.search_runs([first.info.experiment_id], order_by=["start_time ASC"])
     rerun = runs[-1]
     assert rerun.data.tags["rerun_of"] == first.info.run_id
@@ -182,7 +195,7 @@ def test_credentials_in_the_tracking_uri_are_never_recorded(tmp_path, mlflow_ser
     proc = run_cli(
         tmp_path, *DIGITS, "trainer.epochs=1", f"tracking.uri={uri}", "tracking.experiment=creds"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     assert secret not in proc.stdout + proc.stderr
 
     from mlflow.tracking import MlflowClient
@@ -219,3 +232,46 @@ def test_unusable_store_fails_before_any_run(tmp_path, args, says):
     assert proc.returncode == 2
     assert says in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("mlruns/artifacts/*/artifacts"))
+
+
+def test_a_dataset_another_job_records_mid_insert_is_linked_not_fatal(tmp_path):
+    """Parallel jobs log the same dataset. MLflow looks it up, then inserts it; this test
+    lets another job insert it in between (a real second connection, committing before our
+    INSERT runs) and expects our run to link to that record instead of failing."""
+    import mlflow
+
+    cfg = TrackingConfig(
+        uri=store_uri(tmp_path), experiment="race", artifact_location=str(tmp_path / "art")
+    )
+    store = tracking.preflight(cfg)
+    other_run = store.client.create_run(store.experiment_id).info.run_id
+    images, labels = np.zeros((4, 8, 8, 1), np.float32), np.arange(4)
+
+    def other_job_logs(run_id: str) -> None:
+        with mlflow.start_run(run_id=run_id):  # this thread's own active run
+            recorder = tracking.Recorder(store.client, run_id, "")
+            recorder.log_dataset(images, labels, "digits", "d" * 64, "source")
+
+    raced = []
+
+    def before_insert(conn, cursor, statement, *args) -> None:
+        if statement.startswith("INSERT INTO datasets") and not raced:
+            raced.append(statement)
+            other = threading.Thread(target=other_job_logs, args=(other_run,))
+            other.start()
+            other.join()
+
+    event.listen(Engine, "before_cursor_execute", before_insert)
+    try:
+        with tracking.tracked_run(store, "ours", {}) as recorder:
+            recorder.log_dataset(images, labels, "digits", "d" * 64, "source")
+    finally:
+        event.remove(Engine, "before_cursor_execute", before_insert)
+
+    assert raced, "the race was not staged: MLflow no longer inserts datasets this way"
+    ours = store.client.get_run(recorder.run_id)
+    theirs = store.client.get_run(other_run)
+    assert ours.info.status == "FINISHED"
+    (our_input,) = ours.inputs.dataset_inputs
+    (their_input,) = theirs.inputs.dataset_inputs
+    assert our_input.dataset.digest == their_input.dataset.digest == "d" * 36

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import cli_env, client_for, run_cli
+from tests.conftest import cli_env, client_for, failure_report, run_cli
 
 QUICK = ("experiment=quick", "dataset.val_size=180")
 
@@ -37,7 +37,7 @@ def summary_table(client, parent) -> pd.DataFrame:
 
 def test_grid_sweep_has_a_parent_with_summary_and_best_job(tmp_path):
     proc = run_cli(tmp_path, "-m", *QUICK, "model.dropout=0.1,0.3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     client, parent, children = sweep_runs(tmp_path)
     assert parent.info.status == "FINISHED"
     assert [c.info.run_name for c in children] == [
@@ -55,7 +55,7 @@ def test_grid_sweep_has_a_parent_with_summary_and_best_job(tmp_path):
 
 def test_single_run_has_no_parent(tmp_path):
     proc = run_cli(tmp_path, *QUICK)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     client = client_for(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
     assert "mlflow.parentRunId" not in run.data.tags
@@ -63,7 +63,7 @@ def test_single_run_has_no_parent(tmp_path):
 
 def test_seed_sweep_reports_mean_and_spread(tmp_path):
     proc = run_cli(tmp_path, "-m", *QUICK, "seed=0,1,2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     _, parent, children = sweep_runs(tmp_path)
     accuracies = [c.data.metrics["test_accuracy"] for c in children]
     assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(statistics.mean(accuracies))
@@ -85,7 +85,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_optuna_sweep_runs_its_trials_as_children(tmp_path):
     proc = run_cli(tmp_path, "-m", "hparams_search=optuna", *QUICK, "hydra.sweeper.n_trials=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     client, parent, children = sweep_runs(tmp_path)
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
@@ -104,7 +104,7 @@ def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
         *QUICK,
         "seed=0,1,2,3",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     assert "database is locked" not in proc.stderr
     _, parent, children = sweep_runs(tmp_path)
     assert len(children) == 4

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import REPO, cli_env, client_for, free_port, run_cli, serving
+from tests.conftest import REPO, cli_env, client_for, failure_report, free_port, run_cli, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def store(tmp_path_factory):
         proc = run_cli(
             root, *args, "experiment=quick", "dataset.val_size=180", "tracking.experiment=ui"
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, failure_report(proc)
     client = client_for(root)
     experiment = client.get_experiment_by_name("ui")
     runs = client.search_runs([experiment.experiment_id])

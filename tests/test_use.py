@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digitcnn.data import mnist as mnist_source
 from digitcnn.images import to_mnist
-from tests.conftest import cli_env, client_for, free_port, run_cli, serving
+from tests.conftest import cli_env, client_for, failure_report, free_port, run_cli, serving
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def mnist_run(tmp_path_factory):
         "tracking.register_as=digits",
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     client = client_for(root)
     (run,) = client.search_runs([client.get_experiment_by_name("use").experiment_id])
     return root, run
@@ -78,7 +78,7 @@ def test_predict_mnist_pngs_matches_in_memory_predictions(mnist_run, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
 
     proc = predict_cli(root, f"model=runs:/{run.info.run_id}/model", f"inputs={tmp_path}", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     results = {Path(r["file"]).name: r for r in json.loads(proc.stdout)}
     assert "not an image" in results["notes.txt"]["error"]
     assert "1 of 13 files skipped" in proc.stderr
@@ -98,7 +98,7 @@ def test_predict_rendered_digits_of_any_size_and_polarity(mnist_run, tmp_path):
             tmp_path / f"dark-{digit}.jpg"
         )
     proc = predict_cli(root, "model=models:/digits/1", f"inputs={tmp_path}", "output=json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     results = json.loads(proc.stdout)
     assert len(results) == 20
     correct = sum(int(Path(r["file"]).stem.split("-")[1]) == r["digit"] for r in results)
@@ -136,7 +136,7 @@ def test_registered_version_and_champion_alias_from_a_sweep(tmp_path):
         "model.dropout=0.1,0.3",
         "tracking.register_as=quick-cnn",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     client = client_for(tmp_path)
     versions = client.search_model_versions("name = 'quick-cnn'")
     assert len(versions) == 2

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 
+def _is_duplicate_key(exc: Exception) -> bool:
+    """A database's unique-key violation, as SQLite, PostgreSQL, MySQL and SQL Server word it
+    (MLflow passes the driver's message on, through a tracking server too)."""
+    message = str(exc).lower()
+    return "unique constraint" in message or "duplicate" in message
+
+
 class Recorder:
     """Writes one open MLflow run; created by `tracked_run`."""
 
@@ -78,7 +85,16 @@ class Recorder:
                 features, targets=targets, source=source, name=name, digest=digest[:36]
             )
         with self._timed():
-            mlflow.log_input(dataset, context="training")
+            try:
+                mlflow.log_input(dataset, context="training")
+            except mlflow.exceptions.MlflowException as exc:
+                # Parallel jobs log the same dataset: MLflow looks it up, then inserts it, so
+                # a job that lost the race hits the unique key. Its transaction was rolled
+                # back; the second look-up finds the winner's record and links to it.
+                if not _is_duplicate_key(exc):
+                    raise
+                log.debug("dataset %s was recorded by a parallel job; linking again", name)
+                mlflow.log_input(dataset, context="training")
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         with self._timed():
