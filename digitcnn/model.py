@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from digitcnn.augment import RandomAffine
 from digitcnn.config import CNNConfig
 
 
@@ -13,8 +14,11 @@ def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) ->
     -> Dropout; then Flatten -> Dense -> ReLU (-> Dropout) -> Dense softmax, as the reference
     script."""
     inputs = keras.Input(shape=input_shape, name="image")
-    steps = _augmentation(cfg)
-    x = keras.Sequential(steps, name="augmentation")(inputs) if steps else inputs
+    x = inputs
+    if cfg.augment_rotation or cfg.augment_zoom or cfg.augment_shift:  # training only
+        x = RandomAffine(
+            cfg.augment_rotation, cfg.augment_zoom, cfg.augment_shift, name="augmentation"
+        )(x)
     for i, filters in enumerate(cfg.filters, start=1):
         for j in range(1, cfg.convs_per_block + 1):
             name = f"{i}" if cfg.convs_per_block == 1 else f"{i}_{j}"  # conv1, or conv1_1 ...
@@ -36,20 +40,6 @@ def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) ->
         num_classes, activation="softmax", dtype="float32", name="probabilities"
     )(x)
     return keras.Model(inputs, outputs, name="cnn")
-
-
-def _augmentation(cfg: CNNConfig) -> list[layers.Layer]:
-    """Random rotation, shift and zoom; active in training only, identity at inference."""
-    steps = []
-    if cfg.augment_rotation:
-        steps.append(layers.RandomRotation(cfg.augment_rotation / 360, fill_mode="constant"))
-    if cfg.augment_shift:
-        steps.append(
-            layers.RandomTranslation(cfg.augment_shift, cfg.augment_shift, fill_mode="constant")
-        )
-    if cfg.augment_zoom:
-        steps.append(layers.RandomZoom((-cfg.augment_zoom, cfg.augment_zoom), fill_mode="constant"))
-    return steps
 
 
 def trainable_parameters(model: keras.Model) -> int:

@@ -30,6 +30,8 @@ class DigitClassifier(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         import keras
 
+        from digitcnn import augment  # noqa: F401  registers RandomAffine for loading
+
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
         self.pixel_max = float(context.model_config["pixel_max"])
 

@@ -38,6 +38,48 @@ def test_blocks_stack_several_convolutions_before_pooling():
     assert model.get_layer("flatten").output.shape[1:] == (7 * 7 * 32,)
 
 
+def _centre_of_mass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.mgrid[: images.shape[1], : images.shape[2]]
+    mass = images[..., 0].sum(axis=(1, 2))
+    return (images[..., 0] * cols).sum((1, 2)) / mass, (images[..., 0] * rows).sum((1, 2)) / mass
+
+
+def test_augmentation_warps_in_training_only_within_its_limits():
+    from digitcnn.augment import RandomAffine
+
+    images = np.zeros((64, 28, 28, 1), np.float32)
+    images[:, 10:18, 12:16] = 1.0  # a bar in the middle
+    assert np.array_equal(RandomAffine(10, 0.1, 0.1)(images, training=False), images)
+    assert np.allclose(RandomAffine(0, 0, 0, seed=1)(images, training=True), images, atol=1e-5)
+
+    shifted = np.asarray(RandomAffine(shift=0.1, seed=1)(images, training=True))
+    dx = _centre_of_mass(shifted)[0] - _centre_of_mass(images)[0]
+    assert np.abs(dx).max() <= 0.1 * 28 + 1e-3 and dx.std() > 0.5  # each image its own shift
+
+    rotated = np.asarray(RandomAffine(rotation=10, seed=1)(images, training=True))
+    assert rotated.sum() == pytest.approx(images.sum(), rel=1e-3)  # turned, not scaled
+    assert not np.allclose(rotated, images)
+
+    zoomed = np.asarray(RandomAffine(zoom=0.1, seed=1)(images, training=True))
+    area = zoomed.sum(axis=(1, 2, 3)) / images.sum(axis=(1, 2, 3))
+    # (1 +- 0.1) squared, give or take the edge pixels bilinear sampling adds
+    assert 0.78 <= area.min() < 0.95 and 1.05 < area.max() <= 1.25
+
+
+def test_augmented_model_saves_and_loads(tmp_path):
+    import keras
+
+    from digitcnn.model import build_cnn
+
+    cfg = CNNConfig(filters=[8], augment_rotation=10, augment_shift=0.1, augment_zoom=0.1)
+    model = build_cnn(cfg, (28, 28, 1), 10)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("augmentation").get_config()["rotation"] == 10
+    x = np.random.default_rng(0).random((2, 28, 28, 1), np.float32)
+    assert np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
 def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32():
     import keras
 
