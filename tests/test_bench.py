@@ -62,3 +62,18 @@ def test_flop_count_of_the_reference_model():
     assert flops.forward_flops([16, 32], 5, 256, padding="valid") == (
         valid_conv1 + valid_conv2 + valid_dense
     )
+
+
+def test_bench_augment_compares_one_warp_with_the_keras_chain(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "augment.py"), "--digits", "--repeats", "1"],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    result = json.loads(proc.stdout)
+    sharpness = result["sharpness"]
+    assert sharpness["original"] > sharpness["one_affine_warp"] > 0
+    assert set(result["ms_per_batch"]) == {"one_affine_warp", "keras_chain"}
