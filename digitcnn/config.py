@@ -180,8 +180,8 @@ class TrainerConfig(_Checked):
     batch_size: int = 64
     steps_per_execution: int = 1  # batches per compiled call; >1 cuts per-step overhead
     jit_compile: bool = False  # XLA; measured, see the README
-    intra_op_threads: int = 0  # threads inside one op; 0 = TensorFlow's choice
-    inter_op_threads: int = 0  # ops run at once; 0 = TensorFlow's choice
+    intra_op_threads: int = 0  # threads inside one op; 0 = the backend's choice
+    inter_op_threads: int = 0  # ops run at once; 0 = the backend's choice
     deterministic: bool = False  # bit-identical reruns (slower)
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights)
     progress_bar: bool = False  # Keras's per-batch bar; one line per epoch is always logged

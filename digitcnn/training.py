@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ import numpy as np
 
 from digitcnn.config import OptimizerConfig, TrainerConfig
 from digitcnn.data import Dataset
+from digitcnn.errors import ConfigValueError
 from digitcnn.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -25,15 +27,49 @@ log = logging.getLogger(__name__)
 def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = (0, 0)) -> None:
     """Threads (intra-op, inter-op; 0 = the backend's choice), determinism, precision and
     seeds; call before the first tensor is made and before the model is built."""
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads[0])
         tf.config.threading.set_inter_op_parallelism_threads(threads[1])
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        if cfg.steps_per_execution != 1:  # Keras's torch trainer runs one batch per call
+            raise ConfigValueError(
+                "trainer.steps_per_execution",
+                cfg.steps_per_execution,
+                "1 on the torch backend (Keras runs one batch per call there)",
+            )
+        _configure_torch(cfg.deterministic, threads)
+    elif any(threads) or cfg.deterministic:
+        # JAX reads its threads and determinism from XLA_FLAGS when it starts, before this.
+        log.warning(
+            "trainer threads and deterministic are not applied on the %s backend; "
+            "set them through XLA_FLAGS",
+            backend,
+        )
     set_precision(cfg.precision)
     keras.utils.set_random_seed(seed)  # Python, NumPy and the backend
+
+
+def _configure_torch(deterministic: bool, threads: tuple[int, int]) -> None:
+    import torch
+
+    if threads[0]:
+        torch.set_num_threads(threads[0])
+    if threads[1] and torch.get_num_interop_threads() != threads[1]:
+        try:
+            torch.set_num_interop_threads(threads[1])
+        except RuntimeError:  # torch allows it once, before any inter-op work
+            log.warning(
+                "torch inter-op threads were already fixed; left at %d",
+                torch.get_num_interop_threads(),
+            )
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+        torch.use_deterministic_algorithms(True)
 
 
 def set_precision(precision: str) -> None:

@@ -166,3 +166,28 @@ def test_a_ctrl_c_swallowed_mid_epoch_still_stops_training_at_its_end():
         with pytest.raises(KeyboardInterrupt):
             stop.on_epoch_end(0)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_torch_backend_refuses_several_batches_per_call_before_anything_runs(monkeypatch):
+    """Keras's torch trainer takes one batch per call; TensorFlow is what runs this test, so
+    the backend's name is the one thing faked. The error comes before torch is imported."""
+    import keras
+
+    from digitcnn.config import TrainerConfig
+    from digitcnn.errors import ConfigValueError
+    from digitcnn.training import configure_backend
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(ConfigValueError, match=r"trainer\.steps_per_execution=16 .* torch"):
+        configure_backend(TrainerConfig(steps_per_execution=16), seed=0)
+
+
+def test_jax_backend_says_threads_are_not_applied(monkeypatch, caplog):
+    import keras
+
+    from digitcnn.config import TrainerConfig
+    from digitcnn.training import configure_backend
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    configure_backend(TrainerConfig(), seed=0, threads=(2, 1))
+    assert "not applied on the jax backend" in caplog.text
