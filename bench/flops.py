@@ -48,9 +48,7 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
     """Best of `repeats` float32 n x n matrix products, in FLOP/s."""
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
-    a @ b  # warm-up
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
+    return _best_flops_per_second(lambda: a @ b, n, repeats)
 
 
 def tensorflow_matmul_flops_per_second(dtype: str, n: int = 2048, repeats: int = 5) -> float:
@@ -60,15 +58,19 @@ def tensorflow_matmul_flops_per_second(dtype: str, n: int = 2048, repeats: int =
 
     a = tf.cast(tf.random.uniform((n, n), seed=0), dtype)
     product = tf.function(lambda: tf.matmul(a, a))
-    product().numpy()  # warm-up and tracing
-    best = min(_timed(lambda: product().numpy()) for _ in range(repeats))
+    return _best_flops_per_second(lambda: product().numpy(), n, repeats)
+
+
+def _best_flops_per_second(product, n: int, repeats: int) -> float:
+    """FLOP/s of the fastest of `repeats` calls of `product`, an n x n matrix product, after
+    one untimed call (warm-up, and tracing where there is any)."""
+    product()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        product()
+        best = min(best, time.perf_counter() - started)
     return 2 * n**3 / best
-
-
-def _timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def main() -> None:
