@@ -33,7 +33,7 @@ class RandomAffine(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, images, training: bool | None = None):
-        if not training:
+        if not training or not (self.rotation or self.zoom or self.shift):
             return images
         batch = ops.shape(images)[0]
         height, width = images.shape[1], images.shape[2]

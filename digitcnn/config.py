@@ -185,10 +185,18 @@ class TrainerConfig(_Checked):
     deterministic: bool = False  # bit-identical reruns (slower)
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights)
     progress_bar: bool = False  # Keras's per-batch bar; one line per epoch is always logged
+    # Before each validation and the test: BatchNorm statistics recomputed from this many
+    # training batches; 0 keeps Keras's moving averages.
+    bn_recalibration_batches: int = 32
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
             self._require(name, getattr(self, name) > 0, "a positive integer")
+        self._require(
+            "bn_recalibration_batches",
+            self.bn_recalibration_batches >= 0,
+            "0 (keep Keras's moving averages) or a positive integer",
+        )
         for name in ("intra_op_threads", "inter_op_threads"):
             self._require(name, getattr(self, name) >= 0, "0 (automatic) or a positive integer")
         self._require_choice("precision", PRECISIONS)

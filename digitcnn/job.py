@@ -187,6 +187,7 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
         typed.trainer,
         [tracking.EpochMetricsLogger(recorder), saver],
         initial_epoch=checkpoint.epoch if checkpoint else 0,
+        seed=typed.seed + (checkpoint.epoch if checkpoint else 0),
     )
     history = saver.history  # every epoch, those before a resume included
     timings.set("fit_seconds", result.train_seconds)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from digitcnn.batchnorm import RecalibratedValidation
 from digitcnn.config import OptimizerConfig, TrainerConfig
 from digitcnn.data import Dataset
 from digitcnn.errors import ConfigValueError
@@ -168,9 +169,11 @@ def train(
     cfg: TrainerConfig,
     callbacks: list[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
+    seed: int = 0,
 ) -> TrainResult:
     """Compile with categorical cross-entropy (as the reference) and fit epochs
-    `initial_epoch`..`cfg.epochs`; a model resumed from a checkpoint comes compiled."""
+    `initial_epoch`..`cfg.epochs`; a model resumed from a checkpoint comes compiled. `seed`
+    picks the training batches that BatchNorm's statistics are recomputed from."""
     steps_per_epoch = -(-len(data.x_train) // cfg.batch_size)
     if initial_epoch == 0:
         model.compile(
@@ -181,6 +184,15 @@ def train(
             jit_compile=cfg.jit_compile,
         )
     one_hot = np.eye(data.num_classes, dtype=np.float32)
+    # Validation runs in a callback, after BatchNorm's statistics are recomputed.
+    validation = RecalibratedValidation(
+        data.x_train,
+        data.x_val,
+        one_hot[data.y_val],
+        cfg.bn_recalibration_batches,
+        cfg.batch_size,
+        seed,
+    )
     stop = StopOnInterrupt()
     started = time.perf_counter()
     with stop.watching():
@@ -190,10 +202,9 @@ def train(
             batch_size=cfg.batch_size,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
-            validation_data=(data.x_val, one_hot[data.y_val]),
             shuffle=True,
             verbose=1 if cfg.progress_bar else 0,
-            callbacks=[stop, EpochStats(cfg.epochs, len(data.x_train)), *callbacks],
+            callbacks=[stop, validation, EpochStats(cfg.epochs, len(data.x_train)), *callbacks],
         )
     seconds = time.perf_counter() - started
     return TrainResult(
