@@ -49,9 +49,9 @@ def _check_overrides(mode: str, overrides: list[str]) -> None:
 
 
 def _client(cfg: DictConfig):
-    from mlflow.tracking import MlflowClient
+    from digitcnn.tracking import tracking_client
 
-    return MlflowClient(cfg.tracking.uri)
+    return tracking_client(cfg.tracking.uri)
 
 
 def _run_folder(cfg: DictConfig, target: str) -> Path:

@@ -275,3 +275,20 @@ def test_a_dataset_another_job_records_mid_insert_is_linked_not_fatal(tmp_path):
     (our_input,) = ours.inputs.dataset_inputs
     (their_input,) = theirs.inputs.dataset_inputs
     assert our_input.dataset.digest == their_input.dataset.digest == "d" * 36
+
+
+def test_runs_started_together_on_a_new_store_are_all_recorded(tmp_path):
+    """Several terminals, one new project: MLflow creates the SQLite tables when the first
+    client is made, and runs that start side by side must not each try to."""
+    procs = [
+        start_cli(tmp_path, *DIGITS, "trainer.epochs=1", f"seed={seed}", "tracking.experiment=t")
+        for seed in range(3)
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-3000:]
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert sorted(run.data.params["seed"] for run in runs) == ["0", "1", "2"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert all("test_accuracy" in run.data.metrics for run in runs)

@@ -17,6 +17,7 @@ from digitcnn.tracking.store import (
     model_requirements,
     preflight,
     redact,
+    tracking_client,
 )
 from digitcnn.tracking.sweeps import (
     CHAMPION,
@@ -48,4 +49,5 @@ __all__ = [
     "set_champion",
     "sweep_records",
     "tracked_run",
+    "tracking_client",
 ]

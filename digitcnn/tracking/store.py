@@ -11,7 +11,9 @@ import subprocess
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
 from importlib import import_module
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +22,7 @@ import keras
 import mlflow
 import numpy as np
 from filelock import FileLock
+from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
 from digitcnn.config import TrackingConfig
@@ -49,19 +52,20 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _experiment_id(client: MlflowClient, cfg: TrackingConfig) -> str:
+def _experiment(client: MlflowClient, cfg: TrackingConfig) -> Experiment:
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
-        return experiment.experiment_id
+        return experiment
     location = Path(cfg.artifact_location).expanduser().resolve()
     try:
-        return client.create_experiment(cfg.experiment, artifact_location=location.as_uri())
+        experiment_id = client.create_experiment(cfg.experiment, location.as_uri())
     except mlflow.exceptions.MlflowException:
         # A parallel job created it between our look-up and our create.
         experiment = client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
             raise
-        return experiment.experiment_id
+        return experiment
+    return client.get_experiment(experiment_id)
 
 
 def git_state(folder: Path) -> dict[str, str]:
@@ -80,6 +84,7 @@ def git_state(folder: Path) -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
+@cache  # the same for every run of a process; callers must not change it
 def library_versions() -> dict[str, str]:
     import sklearn
 
@@ -125,20 +130,38 @@ class Store(NamedTuple):
 
     client: MlflowClient
     experiment_id: str
+    artifact_location: str  # the experiment's, fixed when it was created
+
+
+@contextmanager
+def _store_creation(uri: str) -> Iterator[None]:
+    """One process at a time for what may create a SQLite store: MLflow creates and migrates
+    its tables when the first client on a new file is made, and runs started side by side on
+    a new store would otherwise each try ("table ... already exists")."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        yield
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    """A client on `uri`, the store created (once, under the lock) if it is new."""
+    with _store_creation(uri):
+        return MlflowClient(uri)
 
 
 def client_for(cfg: TrackingConfig) -> Store:
-    """A client on `cfg.uri` and the id of `cfg.experiment`, created if missing."""
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
+    """A client on `cfg.uri` and `cfg.experiment`, both created if missing; the fluent API
+    (`mlflow.start_run`) is pointed at the same store."""
     mlflow.set_tracking_uri(cfg.uri)
-    client = MlflowClient(cfg.uri)
-    db = _sqlite_path(cfg.uri)
-    if db is None:
-        return Store(client, _experiment_id(client, cfg))
-    # The first use creates the tables and the experiment: one process at a time.
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{db}.lock"):
-        return Store(client, _experiment_id(client, cfg))
+    with _store_creation(cfg.uri):
+        client = MlflowClient(cfg.uri)
+        experiment = _experiment(client, cfg)
+    return Store(client, experiment.experiment_id, experiment.artifact_location)
 
 
 def preflight(cfg: TrackingConfig) -> Store:
@@ -157,7 +180,7 @@ def preflight(cfg: TrackingConfig) -> Store:
             ) from None
     try:
         store = client_for(cfg)
-        location = store.client.get_experiment(store.experiment_id).artifact_location
+        location = store.artifact_location
     except (OSError, mlflow.exceptions.MlflowException) as exc:
         raise InputError(f"tracking.uri={shown!r} cannot be used: {redact(str(exc))}") from None
     if location.startswith("file:") or "://" not in location:
