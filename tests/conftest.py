@@ -1,4 +1,10 @@
-"""Shared helpers: compose configs as Hydra does, and run the real CLI in a subprocess."""
+"""Shared helpers: compose configs as Hydra does, and run the real CLI in a subprocess.
+
+The suite is hermetic: it never reads or writes the user's home. Before anything imports Keras
+or MLflow, HOME points at a throwaway folder (each test then gets its own, and so does each
+CLI process), MLflow's and Keras's environment variables are dropped, and at the end of the
+session the real home's Keras, MLflow and digitcnn folders are checked to be as they were.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,63 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
+# Before Keras (which writes ~/.keras/keras.json on import) or MLflow are imported.
+REAL_HOME = Path.home()
+os.environ["HOME"] = tempfile.mkdtemp(prefix="digitcnn-test-home-")
+for _name in [n for n in os.environ if n.startswith(("MLFLOW_", "KERAS_", "DIGITCNN_"))]:
+    del os.environ[_name]
+# Matplotlib's font cache is shared by the session's processes: not the user's, built once.
+os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="digitcnn-test-mpl-")
 
-from digitcnn import paths
-from digitcnn.config import register_configs
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from digitcnn import paths  # noqa: E402
+from digitcnn.config import register_configs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# What in the user's home a test could touch: Keras's cache and config, MLflow's defaults,
+# an installed digitcnn's root.
+_WATCHED = (".keras", ".mlflow", "mlruns", "mlflow.db", "digitcnn", "outputs", "multirun")
+
+
+def _home_state() -> dict[str, tuple[int, int]]:
+    state = {}
+    for name in _WATCHED:
+        top = REAL_HOME / name
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            if path.exists():
+                info = path.stat()
+                state[str(path)] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
+_HOME_AT_START = _home_state()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    changed = sorted(set(_home_state().items()) ^ set(_HOME_AT_START.items()))
+    if changed:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nthe suite changed the user's home: {sorted({p for p, _ in changed})}")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _registered() -> None:
     register_configs()
+
+
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path_factory, monkeypatch) -> None:
+    """Each test its own empty home: a user's ~/.keras (or anything else there) cannot leak in."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
 
 
 @pytest.fixture
@@ -41,9 +86,12 @@ def compose_cfg(tmp_path):
 
 
 def cli_env(root: Path) -> dict[str, str]:
-    """An environment whose project root (store, outputs, data cache) is `root`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(DIGITCNN_ROOT=str(root), PYTHONUNBUFFERED="1")
+    """An environment whose project root (store, outputs, data cache) is `root`, and whose
+    home is `root/home`: nothing the CLI does reaches the user's home."""
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KERAS_"))}
+    env.update(DIGITCNN_ROOT=str(root), HOME=str(home), PYTHONUNBUFFERED="1")
     return env
 
 

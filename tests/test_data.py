@@ -214,7 +214,7 @@ def test_two_processes_fetching_at_once_both_get_a_valid_cache(tmp_path):
         "import sys\n"
         "from digitcnn.config import MnistConfig\n"
         "from digitcnn.data.mnist import load_mnist\n"
-        "arrays, source = load_mnist(MnistConfig(cache_dir=sys.argv[1]))\n"
+        "arrays, source, _ = load_mnist(MnistConfig(cache_dir=sys.argv[1]))\n"
         "print(source, arrays['x_train'].shape)\n"
     )
     procs = [

@@ -12,11 +12,12 @@ from sklearn.model_selection import train_test_split
 from digitcnn.config import DatasetConfig
 from digitcnn.data.digits import PIXEL_MAX as DIGITS_PIXEL_MAX
 from digitcnn.data.digits import load_digits
-from digitcnn.data.formats import KERAS_KEYS, Arrays, content_digest
+from digitcnn.data.formats import KERAS_KEYS, Arrays
 from digitcnn.data.mnist import load_mnist
 
-# name -> (loader returning uint8 Keras-layout arrays and their origin, the largest pixel value)
-_SOURCES: dict[str, tuple[Callable[..., tuple[Arrays, str]], int]] = {
+# name -> (loader returning uint8 Keras-layout arrays, their origin and content digests; the
+# largest pixel value)
+_SOURCES: dict[str, tuple[Callable[..., tuple[Arrays, str, dict[str, str]]], int]] = {
     "mnist": (load_mnist, 255),
     "digits": (load_digits, DIGITS_PIXEL_MAX),
 }
@@ -51,16 +52,16 @@ def _scale(images: np.ndarray, pixel_max: int) -> np.ndarray:
     return (images.astype(np.float32) / pixel_max)[..., np.newaxis]
 
 
-def dataset_digest(arrays: Arrays) -> str:
-    """One digest for the four arrays' content."""
-    parts = "".join(content_digest(arrays[k]) for k in KERAS_KEYS)
+def dataset_digest(digests: dict[str, str]) -> str:
+    """One digest for the four arrays' content, from each array's `content_digest`."""
+    parts = "".join(digests[k] for k in KERAS_KEYS)
     return hashlib.sha256(parts.encode()).hexdigest()
 
 
 def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
     """Load `cfg.name`, cap the training set at `limit`, hold out `val_size` (stratified)."""
     loader, pixel_max = _SOURCES[cfg.name]
-    arrays, source = loader(cfg)
+    arrays, source, digests = loader(cfg)
     x, y = arrays["x_train"], arrays["y_train"]
     if cfg.limit is not None and cfg.limit < len(x):
         x, _, y, _ = train_test_split(x, y, train_size=cfg.limit, stratify=y, random_state=seed)
@@ -79,7 +80,7 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
         x_test=_scale(arrays["x_test"], pixel_max),
         y_test=arrays["y_test"].astype(np.int64),
         num_classes=int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1,
-        digest=dataset_digest(arrays),
+        digest=dataset_digest(digests),
         source=source,
         validation_is_test=cfg.val_size == 0,
         pixel_max=pixel_max,

