@@ -14,18 +14,34 @@ from PIL import Image, UnidentifiedImageError
 
 SIZE, BOX = 28, 20  # MNIST: a 20x20 box, centred by mass in 28x28
 _INK = 0.15  # pixels above this fraction of the maximum count as ink when cropping
+MIN_CONTRAST = 32  # grey levels (of 255) above the background that a digit's ink must reach
+MAX_PIXELS = 50_000_000  # larger images are refused before they are decoded
 
 
 class NotAnImageError(ValueError):
-    """The file is not an image Pillow can read."""
+    """The file is not an image Pillow can read, or one too large to decode."""
+
+
+class NoInkError(ValueError):
+    """The image is blank: nothing stands out from its background."""
 
 
 def load_image(path: Path) -> np.ndarray:
-    """The image at `path` as float32 grayscale in [0, 255]."""
+    """The image at `path` as float32 grayscale in [0, 255]. Its size is read from the header
+    first: an image of more than MAX_PIXELS pixels (a decompression bomb is a few kB on disk)
+    is refused without being decoded."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise NotAnImageError(
+                    f"{path}: too large ({width}x{height} pixels; the limit is "
+                    f"{MAX_PIXELS:,} pixels)"
+                )
             image.load()
             return np.asarray(image.convert("L"), dtype=np.float32)
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger limit, at open
+        raise NotAnImageError(f"{path}: too large ({exc})") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise NotAnImageError(f"{path}: not an image ({exc})") from None
 
@@ -38,15 +54,18 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     """A grayscale digit (any size, dark-on-light or light-on-dark) -> uint8 (28, 28).
 
     An image already in MNIST's form (28x28, light ink on a dark background) is kept as it is.
+    A blank image (no pixel MIN_CONTRAST levels above the background) raises NoInkError.
     """
     gray = np.asarray(gray, dtype=np.float32)
-    if np.median(_edges(gray)) > 127:  # light background: make it white ink on black
+    light = np.median(_edges(gray)) > 127
+    if light:  # light background: make it white ink on black
         gray = 255.0 - gray
-    elif gray.shape == (SIZE, SIZE):
+    background = np.median(_edges(gray))
+    if gray.max() - background < MIN_CONTRAST:
+        raise NoInkError("no ink: the image is blank")
+    if not light and gray.shape == (SIZE, SIZE):
         return gray.astype(np.uint8)
-    gray = np.clip(gray - np.median(_edges(gray)), 0, None)  # background to 0
-    if gray.max() <= 0:
-        return np.zeros((SIZE, SIZE), np.uint8)
+    gray = np.clip(gray - background, 0, None)  # background to 0
     ink = gray > _INK * gray.max()
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     crop = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

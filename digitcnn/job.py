@@ -172,39 +172,17 @@ def _params(cfg: DictConfig, typed: Config, model, data, threads: tuple[int, int
 def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, timings) -> dict:
     """Fit (checkpointing every epoch), evaluate on the test set once, log the results."""
     from digitcnn import plots, tracking
-    from digitcnn.checkpoint import EpochCheckpoint
     from digitcnn.evaluation import evaluate
-    from digitcnn.training import train
 
-    timings.set("fit_start_seconds", process_age())
-    saver = EpochCheckpoint(
-        Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
-    )
-    result = train(
-        model,
-        data,
-        typed.optimizer,
-        typed.trainer,
-        [tracking.EpochMetricsLogger(recorder), saver],
-        initial_epoch=checkpoint.epoch if checkpoint else 0,
-        seed=typed.seed + (checkpoint.epoch if checkpoint else 0),
-    )
-    history = saver.history  # every epoch, those before a resume included
-    timings.set("fit_seconds", result.train_seconds)
-    timings.set("first_epoch_seconds", result.history["epoch_seconds"][0])
-    if len(result.history["epoch_seconds"]) > 1:  # steady state: the epochs after the first
-        steady = result.history["epoch_seconds"][1:]
-        timings.set("steady_images_per_second", len(data.x_train) * len(steady) / sum(steady))
-
+    history, result = _fit(typed, model, data, recorder, checkpoint, timings)
     probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
     scores = evaluate(probabilities, data.y_test)
-    recorder.log_metrics(
-        {
-            **scores.metrics(),
-            "train_seconds": result.train_seconds,
-            "images_per_second": result.images_per_second,
-        }
+    fit_metrics = (
+        {"train_seconds": result.train_seconds, "images_per_second": result.images_per_second}
+        if result
+        else {}
     )
+    recorder.log_metrics({**scores.metrics(), **fit_metrics})
     labels = [str(c) for c in range(data.num_classes)]
     recorder.log_files(
         {
@@ -236,12 +214,9 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
         scores.macro_f1,
         int(scores.confusion.sum()),
     )
-    log.info(
-        "trained %.1fs (%.0f img/s); MLflow calls %.2fs",
-        result.train_seconds,
-        result.images_per_second,
-        recorder.seconds,
-    )
+    if result:
+        log.info("trained %.1fs (%.0f img/s)", result.train_seconds, result.images_per_second)
+    log.info("MLflow calls %.2fs", recorder.seconds)
     log.info("run %s in experiment %r", recorder.run_id, typed.tracking.experiment)
     log.info("artifacts %s", recorder.artifact_uri)
     log.info(
@@ -249,6 +224,39 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
         shlex.quote(tracking.redact(typed.tracking.uri)),
     )
     return history
+
+
+def _fit(typed, model, data, recorder, checkpoint, timings):
+    """Train the epochs not yet done, checkpointing each; returns every epoch's history and
+    the fit's result, or None when a resumed run had trained all its epochs already (it was
+    stopped while it evaluated and recorded them)."""
+    from digitcnn import tracking
+    from digitcnn.checkpoint import EpochCheckpoint
+    from digitcnn.training import train
+
+    done = checkpoint.epoch if checkpoint else 0
+    if done >= typed.trainer.epochs:
+        log.info("all %d epochs were trained; evaluating and recording", done)
+        return checkpoint.history, None
+    timings.set("fit_start_seconds", process_age())
+    saver = EpochCheckpoint(
+        Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
+    )
+    result = train(
+        model,
+        data,
+        typed.optimizer,
+        typed.trainer,
+        [tracking.EpochMetricsLogger(recorder), saver],
+        initial_epoch=done,
+        seed=typed.seed + done,
+    )
+    timings.set("fit_seconds", result.train_seconds)
+    timings.set("first_epoch_seconds", result.history["epoch_seconds"][0])
+    if len(result.history["epoch_seconds"]) > 1:  # steady state: the epochs after the first
+        steady = result.history["epoch_seconds"][1:]
+        timings.set("steady_images_per_second", len(data.x_train) * len(steady) / sum(steady))
+    return saver.history, result  # every epoch, those before a resume included
 
 
 def _parent_run_id(hydra_cfg) -> str | None:

@@ -5,8 +5,9 @@
 
 `model` is an MLflow model URI (`runs:/…`, `models:/NAME@alias`, `models:/NAME/VERSION`) or a
 local model folder; `inputs` image files and/or folders (comma-separated). Each image is
-prepared as MNIST was (see digitcnn.images). Files that are not images are reported and
-skipped. `tracking_uri` defaults to MLFLOW_TRACKING_URI, else the project's SQLite store.
+prepared as MNIST was (see digitcnn.images). Files that are not images, images over
+digitcnn.images.MAX_PIXELS pixels and blank images are reported and skipped. `tracking_uri`
+defaults to MLFLOW_TRACKING_URI, else the project's SQLite store.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from digitcnn import paths
-from digitcnn.images import NotAnImageError, load_image, to_mnist
+from digitcnn.images import NoInkError, NotAnImageError, load_image, to_mnist
 
 USAGE = (
     "usage: python -m digitcnn.predict model=<runs:/ID/model | models:/NAME@ALIAS | folder> "
@@ -109,6 +110,8 @@ def predict_files(model, shape: tuple[int, int], files: list[Path]) -> list[Pred
             names.append(str(path))
         except NotAnImageError as exc:
             results[str(path)] = Prediction(str(path), error=str(exc).split(": ", 1)[1])
+        except NoInkError as exc:
+            results[str(path)] = Prediction(str(path), error=str(exc))
     if images:
         probabilities = np.asarray(model.predict(np.stack(images).astype(np.float32)))
         for name, p in zip(names, probabilities, strict=True):

@@ -2,7 +2,8 @@
 
 - `resume=<run id | output folder>` continues an interrupted run from its last checkpoint,
   into the same MLflow run, with the config it was started with (only `trainer.epochs` may
-  change).
+  change). A run stopped after its last epoch, while it was tested and recorded, is tested
+  and recorded from that epoch's checkpoint and closed.
 - `rerun=<run id>` repeats a recorded run as a new run, from what MLflow recorded alone.
 """
 
@@ -66,6 +67,11 @@ def _run_folder(cfg: DictConfig, target: str) -> Path:
     return Path(run.data.tags["hydra.output_dir"])
 
 
+def _finished(cfg: DictConfig, run_id: str) -> bool:
+    """Whether the MLflow run `run_id` ended FINISHED (its test result and files recorded)."""
+    return _client(cfg).get_run(run_id).info.status == "FINISHED"
+
+
 def job_source(cfg: DictConfig, overrides: list[str]) -> JobSource:
     """The config to run: the composed one, or the recorded one for resume=/rerun=."""
     if cfg.resume and cfg.rerun:
@@ -89,11 +95,14 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> JobSource:
     saved = OmegaConf.load(folder / RESOLVED_CONFIG)
     if any(o.startswith("trainer.epochs=") for o in overrides):
         saved.trainer.epochs = cfg.trainer.epochs
-    if saved.trainer.epochs <= checkpoint.epoch:
+    if saved.trainer.epochs < checkpoint.epoch or (
+        saved.trainer.epochs == checkpoint.epoch and _finished(cfg, checkpoint.run_id)
+    ):
         raise InputError(
             f"trainer.epochs={saved.trainer.epochs} is not allowed: the run already has "
             f"{checkpoint.epoch} epochs; give more to continue"
         )
+    # Equal and not finished: stopped while testing and recording; that is what is left.
     saved.paths.output_dir = str(folder)  # checkpoints go on in the run's own folder
     saved.resume = None
     return JobSource(schema_config(saved), checkpoint=checkpoint)

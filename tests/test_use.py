@@ -107,6 +107,48 @@ def test_predict_rendered_digits_of_any_size_and_polarity(mnist_run, tmp_path):
     assert table.returncode == 0 and "light-3.png" in table.stdout and "confidence" in table.stdout
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares `width`x`height` pixels in a few bytes (a decompression bomb's
+    header: the pixels would only be made when decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    idat = zlib.compress(b"\0" * (width + 1) * 64)  # a few rows of the image's zeros
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_predict_skips_bombs_blanks_and_non_images_and_answers_the_rest(mnist_run, tmp_path):
+    root, run = mnist_run
+    render_digit(7, (80, 80), dark_on_light=True).save(tmp_path / "a-seven.png")
+    (tmp_path / "bomb-30000.png").write_bytes(png_header_only(30000, 30000))
+    (tmp_path / "bomb-8000.png").write_bytes(png_header_only(8000, 8000))
+    Image.new("L", (64, 64), 0).save(tmp_path / "black.png")
+    Image.new("L", (1, 1), 255).save(tmp_path / "white-pixel.png")
+    Image.new("L", (28, 28), 0).save(tmp_path / "black-28.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    proc = predict_cli(root, f"model=runs:/{run.info.run_id}/model", f"inputs={tmp_path}", "--json")
+    assert proc.returncode == 0, failure_report(proc)
+    results = {Path(r["file"]).name: r for r in json.loads(proc.stdout)}
+    assert results["a-seven.png"]["digit"] == 7
+    for name in ("bomb-30000.png", "bomb-8000.png"):
+        assert "digit" not in results[name] and "too large" in results[name]["error"], results
+    assert "8000x8000 pixels; the limit is 50,000,000 pixels" in results["bomb-8000.png"]["error"]
+    for name in ("black.png", "white-pixel.png", "black-28.png"):
+        assert results[name] == {
+            "file": str(tmp_path / name),
+            "error": "no ink: the image is blank",
+        }
+    assert results["notes.txt"]["error"].startswith("not an image")
+    assert "6 of 7 files skipped" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_image_preparation_centres_the_ink_like_mnist():
     image = np.full((100, 60), 255, np.float32)
     image[10:40, 5:20] = 0  # dark ink, off-centre, on white paper

@@ -160,7 +160,12 @@ def load_mnist(cfg: MnistConfig) -> tuple[Arrays, str, dict[str, str]]:
                 f"no MNIST at {target} and dataset.download=false; set dataset.path or allow "
                 "the download"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(
+                f"dataset.cache_dir={cfg.cache_dir!r} cannot be created: {exc.strerror}"
+            ) from None
         # One fetcher at a time; a process that waited finds the finished file.
         with FileLock(f"{target}.lock"):
             if not target.exists():
