@@ -1,32 +1,39 @@
-"""Process-level set-up before Keras is imported: a quiet TensorFlow start."""
+"""Process-level set-up: a quiet start for TensorFlow and MLflow, and nothing else."""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import import_module
 
 
-def import_keras_quietly() -> None:
-    """Import Keras (and its backend) with the C++ start-up notices hidden.
+def quiet_mlflow() -> None:
+    """No progress bars from MLflow's artifact transfers, and no run URL printed (it would
+    carry the credentials of a tracking URI); a user's own settings win."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-    TensorFlow's native logger writes oneDNN/CUDA notices straight to file descriptor 2,
-    whatever `TF_CPP_MIN_LOG_LEVEL` says, so stderr is pointed at a temporary file for the import;
-    if the import fails, what was written is replayed.
+
+@contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """Hide what native code writes to file descriptor 2 within, unless it fails.
+
+    TensorFlow's C++ logger writes its oneDNN/CUDA start-up notices straight to the descriptor,
+    whatever `TF_CPP_MIN_LOG_LEVEL` says, so stderr is pointed at a temporary file; if the
+    block raises, what was written is replayed. `DIGITCNN_VERBOSE_IMPORT=1` shows it all.
     """
-    if "keras" in sys.modules or os.environ.get("DIGITCNN_VERBOSE_IMPORT"):
-        import_module("keras")
+    if os.environ.get("DIGITCNN_VERBOSE_IMPORT"):
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import_module("keras")
-            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-                # Probing devices prints the CUDA notices now; threads stay configurable.
-                import_module("tensorflow").config.list_physical_devices()
+            yield
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -35,3 +42,14 @@ def import_keras_quietly() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and its backend) with the C++ start-up notices hidden."""
+    if "keras" in sys.modules:
+        return
+    with native_stderr_hidden():
+        import_module("keras")
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            # Probing devices prints the CUDA notices now; threads stay configurable.
+            import_module("tensorflow").config.list_physical_devices()

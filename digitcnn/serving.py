@@ -35,5 +35,6 @@ class DigitClassifier(PythonModel):
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
         self.pixel_max = float(context.model_config["pixel_max"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # The ndarray hint tells MLflow that the logged signature, not a hint, describes the input.
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         return self.model.predict(scale_pixels(model_input, self.pixel_max), verbose=0)

@@ -21,6 +21,7 @@ from digitcnn.config import OptimizerConfig, TrainerConfig
 from digitcnn.data import Dataset
 from digitcnn.errors import ConfigValueError
 from digitcnn.optim import build_optimizer
+from digitcnn.runtime import native_stderr_hidden
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = 
             backend,
         )
     set_precision(cfg.precision)
-    keras.utils.set_random_seed(seed)  # Python, NumPy and the backend
+    # Python, NumPy and the backend; Keras also seeds TensorFlow where it is installed, whatever
+    # the backend, and that import prints TensorFlow's start-up notices.
+    with native_stderr_hidden():
+        keras.utils.set_random_seed(seed)
 
 
 def _configure_torch(deterministic: bool, threads: tuple[int, int]) -> None:
@@ -80,8 +84,10 @@ def set_precision(precision: str) -> None:
 
 
 class EpochStats(keras.callbacks.Callback):
-    """Adds `epoch_seconds` and `learning_rate` to each epoch's logs and prints one line;
-    stops training with an error when the loss is no longer finite.
+    """Adds `epoch_seconds` and `learning_rate` to each epoch's logs and prints one line, with
+    the time left at this pace (the progress indicator: no per-batch hook, so no per-batch
+    copy of metrics to the host); stops training with an error when the loss is no longer
+    finite.
 
     Callbacks after this one in the list see the added values.
     """
@@ -107,7 +113,7 @@ class EpochStats(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
         log.info(
             "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  %.1fs"
-            "  (%.0f img/s)",
+            "  (%.0f img/s)%s",
             epoch + 1,
             self.epochs,
             logs["loss"],
@@ -117,7 +123,16 @@ class EpochStats(keras.callbacks.Callback):
             logs["learning_rate"],
             seconds,
             self.train_size / seconds,
+            _eta(seconds * (self.epochs - epoch - 1)),
         )
+
+
+def _eta(seconds: float) -> str:
+    """`  eta 4m05s` for the epochs still to come (at the last epoch's pace), or nothing."""
+    if seconds <= 0:
+        return ""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"  eta {minutes}m{secs:02d}s" if minutes else f"  eta {secs}s"
 
 
 class StopOnInterrupt(keras.callbacks.Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,22 @@ def test_bad_input_exits_nonzero_with_one_line_before_any_run(tmp_path, args, sa
 def test_hydra_verbose_shows_the_traceback(tmp_path):
     proc = run_cli(tmp_path, "model.dropout=1.5", "hydra.verbose=true")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_console_shows_the_projects_lines_only(finished_run):
+    """No library warnings, progress bars or native start-up notices: every line the run
+    printed is one of digitcnn's (its log lines are plain text, from known prefixes)."""
+    _, _, _, _, proc = finished_run
+    console = proc.stdout + proc.stderr
+    for noise in ("Warning", "WARNING", "Downloading artifacts", "%|", "CloudPickle", "oneDNN"):
+        assert noise not in console, console
+    prefixes = ("digitcnn on", "  ", "data ", "epoch ", "test accuracy", "trained", "MLflow")
+    prefixes += ("run ", "artifacts ", "browse ")
+    assert all(line.startswith(prefixes) for line in console.splitlines() if line), console
+
+
+def test_epoch_lines_say_how_long_is_left(finished_run):
+    _, _, _, _, proc = finished_run
+    epochs = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == EPOCHS
+    assert re.search(r"  eta \d+s$", epochs[0]) and "eta" not in epochs[-1]

@@ -191,3 +191,50 @@ def test_jax_backend_says_threads_are_not_applied(monkeypatch, caplog):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     configure_backend(TrainerConfig(), seed=0, threads=(2, 1))
     assert "not applied on the jax backend" in caplog.text
+
+
+def test_recalibration_sets_exact_batch_statistics_and_touches_nothing_else():
+    """Moving statistics become the mean of the batches' statistics, computed with dropout
+    off; weights, dropout rates and momentum are as before."""
+    import keras
+
+    from digitcnn.batchnorm import recalibrate
+    from digitcnn.model import build_cnn
+
+    model = build_cnn(CNNConfig(filters=[4], dropout=0.5), (8, 8, 1), 10)
+    images = np.random.default_rng(0).random((64, 8, 8, 1)).astype(np.float32)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    assert recalibrate(model, images, batch_size=16) == 4
+
+    conv, norm = model.get_layer("conv1"), model.get_layer("bn1")
+    features = [np.asarray(conv(images[i : i + 16])) for i in range(0, 64, 16)]
+    mean = np.mean([f.mean(axis=(0, 1, 2)) for f in features], axis=0)
+    variance = np.mean([f.var(axis=(0, 1, 2)) for f in features], axis=0)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-6)
+    for old, new in zip(before, model.trainable_weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+    assert norm.momentum == 0.99 and model.get_layer("dropout1").rate == 0.5
+    assert isinstance(norm, keras.layers.BatchNormalization)
+
+
+def test_short_runs_validate_with_recalibrated_statistics():
+    """Two epochs on digits: Keras's moving averages (momentum 0.99) are still near their
+    start and validation is near chance; recomputed statistics show what was learned."""
+    import keras
+
+    from digitcnn.config import DigitsConfig, TrainerConfig
+    from digitcnn.data import load_dataset
+    from digitcnn.model import build_cnn
+    from digitcnn.training import train
+
+    data = load_dataset(DigitsConfig(), seed=0)
+    accuracy = {}
+    for batches in (0, 32):
+        trainer = TrainerConfig(epochs=2, bn_recalibration_batches=batches)
+        keras.utils.set_random_seed(0)
+        model = build_cnn(CNNConfig(), data.input_shape, data.num_classes)
+        result = train(model, data, AdamConfig(schedule="cosine"), trainer, seed=0)
+        accuracy[batches] = result.history["val_accuracy"][-1]
+        assert len(result.history["bn_recalibration_seconds"]) == 2
+    assert accuracy[32] >= 0.85 and accuracy[0] < 0.7, accuracy

@@ -4,7 +4,6 @@ the versions and git state a run records."""
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import re
 import subprocess
@@ -27,9 +26,9 @@ from mlflow.tracking import MlflowClient
 
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
+from digitcnn.runtime import quiet_mlflow
 
-# MLflow prints each run's URL, credentials and all; the job prints its own redacted summary.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+quiet_mlflow()  # before MLflow reads its settings: no bars, no URL with credentials
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
