@@ -22,7 +22,7 @@ def process_age() -> float:
     return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
 
 
-def load(path: str | None, val_size: int):
+def load(path: str | None, val_size: int, limit: int | None):
     import numpy as np
 
     if path:
@@ -38,11 +38,15 @@ def load(path: str | None, val_size: int):
             b.images, b.target, test_size=360, random_state=0, stratify=b.target
         )
         scale = 16.0
+    x, y = x[:limit], y[:limit]
     x = (x / scale).astype("float32")[..., None]
     xt = (xt / scale).astype("float32")[..., None]
     eye = np.eye(10, dtype="float32")
+    test = (xt, eye[yt])
+    if not val_size:  # validate on the test set, as `dataset.val_size=0`
+        return (x, eye[y]), test, test
     n = len(x) - val_size
-    return (x[:n], eye[y[:n]]), (x[n:], eye[y[n:]]), (xt, eye[yt])
+    return (x[:n], eye[y[:n]]), (x[n:], eye[y[n:]]), test
 
 
 def main() -> None:
@@ -51,7 +55,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--kernel-size", type=int, default=5, help="as model.kernel_size")
-    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--val-size", type=int, default=5000, help="0: validate on the test set")
+    parser.add_argument("--limit", type=int, help="as dataset.limit: the first N training images")
+    parser.add_argument("--padding", default="same", help="as model.padding")
+    parser.add_argument("--dense-dropout", type=float, default=0.0, help="as model.dense_dropout")
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     parser.add_argument("--threads", type=int, nargs=2, default=(0, 0), metavar=("INTRA", "INTER"))
     args = parser.parse_args()
     started = time.perf_counter()
@@ -68,20 +76,24 @@ def main() -> None:
     keras.utils.set_random_seed(42)
     imported = time.perf_counter()
 
-    (x, y), val, (xt, yt) = load(args.data, args.val_size)
+    (x, y), val, (xt, yt) = load(args.data, args.val_size, args.limit)
     inputs = keras.Input(shape=x.shape[1:])
     h = inputs
     for filters in (32, 64):
-        h = layers.Conv2D(filters, args.kernel_size, padding="same", use_bias=False)(h)
+        h = layers.Conv2D(filters, args.kernel_size, padding=args.padding, use_bias=False)(h)
         h = layers.BatchNormalization()(h)
         h = layers.ReLU()(h)
         h = layers.MaxPooling2D()(h)
         h = layers.Dropout(0.25)(h)
     h = layers.Flatten()(h)
     h = layers.Dense(128, activation="relu")(h)
+    if args.dense_dropout:
+        h = layers.Dropout(args.dense_dropout)(h)
     model = keras.Model(inputs, layers.Dense(10, activation="softmax")(h))
     steps = -(-len(x) // args.batch_size) * args.epochs  # Adam, cosine-decayed, as the default
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
+    if args.schedule == "constant":
+        schedule = 1e-3
     model.compile(keras.optimizers.Adam(schedule), "categorical_crossentropy", metrics=["accuracy"])
 
     epoch_seconds: list[float] = []

@@ -34,7 +34,7 @@ def test_bench_compare_runs_on_digits(tmp_path):
     (pair,) = results["pairs"]
     for side in ("baseline", "framework"):
         assert pair[side]["steady_images_per_second"] > 0
-        assert pair[side]["process_seconds"] > 0
+        assert pair[side]["process_seconds"] > 0 and pair[side]["wall_seconds"] > 0
     assert pair["framework"]["mlflow_seconds"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| steady-state training images/s" in table and "plain Keras" in table
