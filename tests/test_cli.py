@@ -132,6 +132,10 @@ def no_runs(root: Path) -> bool:
         (["dataset.val_size=60000"], "dataset.val_size=60000 is not allowed: 0 (validate"),
         (["dataset.limit=-5"], "dataset.limit=-5 is not allowed"),
         (["dataset.path=/nonexistent/mnist.npz"], "dataset.path='/nonexistent/mnist.npz' does"),
+        (["hydra.run.dir=/proc/nope"], "error: hydra.run.dir='/proc/nope' cannot be written"),
+        (["paths.root_dir=/proc/nope"], "(from paths.root_dir='/proc/nope') cannot be written"),
+        (["-m", "hydra.sweep.dir=/proc/nope"], "hydra.sweep.dir='/proc/nope' cannot be"),
+        (["paths.data_dir=/proc/nope"], "dataset.cache_dir='/proc/nope' cannot be created"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line_before_any_run(tmp_path, args, says):
