@@ -17,7 +17,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from digitcnn import paths
 from digitcnn.errors import ConfigValueError
 
+BACKENDS = ("tensorflow", "jax", "torch")
+PLATFORMS = tuple(f"{b}-{d}" for b in BACKENDS for d in ("cpu", "gpu"))
 PRECISIONS = ("float32", "mixed_bfloat16")
+JIT_CHOICES = ("auto", "true", "false")
 OBJECTIVES = ("val_accuracy", "val_loss")  # never a test-set number
 MNIST_TRAIN_SIZE = 60_000
 DIGITS_SIZE = 1_797
@@ -179,7 +182,7 @@ class TrainerConfig(_Checked):
     epochs: int = 5
     batch_size: int = 64
     steps_per_execution: int = 1  # batches per compiled call; >1 cuts per-step overhead
-    jit_compile: bool = False  # XLA; measured, see the README
+    jit_compile: str = "auto"  # auto (Keras's per-backend choice: XLA on JAX) | true | false
     intra_op_threads: int = 0  # threads inside one op; 0 = the backend's choice
     inter_op_threads: int = 0  # ops run at once; 0 = the backend's choice
     deterministic: bool = False  # bit-identical reruns (slower)
@@ -188,8 +191,19 @@ class TrainerConfig(_Checked):
     # Before each validation and the test: BatchNorm statistics recomputed from this many
     # training batches; 0 keeps Keras's moving averages.
     bn_recalibration_batches: int = 32
+    # The backend and device (e.g. tensorflow-cpu) the speed settings above were measured on;
+    # elsewhere steps_per_execution, threads, precision and jit_compile are the backend's own.
+    tuned_for: str | None = None
+    compilation_cache: bool = True  # JAX: keep compiled programs in paths.cache_dir for reuse
 
     def __post_init__(self) -> None:
+        self.jit_compile = str(self.jit_compile).lower()  # `true` arrives as a bool
+        self._require_choice("jit_compile", JIT_CHOICES)
+        self._require(
+            "tuned_for",
+            self.tuned_for is None or self.tuned_for in PLATFORMS,
+            "null or one of " + ", ".join(PLATFORMS),
+        )
         for name in ("epochs", "batch_size", "steps_per_execution"):
             self._require(name, getattr(self, name) > 0, "a positive integer")
         self._require(
@@ -224,6 +238,7 @@ class TrackingConfig(_Checked):
 class PathsConfig:
     root_dir: str = MISSING  # absolute; everything below defaults to inside it
     data_dir: str = MISSING
+    cache_dir: str = MISSING  # compiled programs kept across runs (JAX)
     output_dir: str = MISSING  # this job's Hydra output folder
 
 
@@ -235,12 +250,15 @@ class Config:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    backend: str = "tensorflow"  # Keras's backend: tensorflow | jax | torch
     seed: int = 42  # seeds Python, NumPy, the backend and the validation split
     objective: str = "val_accuracy"  # what a job returns to sweepers: a validation metric
     resume: str | None = None  # a run id or output folder to continue from its last epoch
     rerun: str | None = None  # a run id to repeat from its recorded config
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigValueError("backend", self.backend, "one of " + ", ".join(BACKENDS))
         if self.objective not in OBJECTIVES:
             raise ConfigValueError("objective", self.objective, "one of " + ", ".join(OBJECTIVES))
 

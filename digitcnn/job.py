@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from digitcnn.backends import (
+    CompilationCache,
+    device_name,
+    platform_name,
+    select_backend,
+    settings_for,
+)
 from digitcnn.config import Config, TrainerConfig, to_typed
 from digitcnn.resume import RESOLVED_CONFIG, job_source
 from digitcnn.runtime import import_keras_quietly
@@ -50,9 +58,11 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     job_started = time.perf_counter()
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
+    select_backend(cfg.backend)  # before anything imports Keras
     source = job_source(cfg, overrides)  # resume=/rerun= swap in a recorded config
     cfg = source.cfg
     typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
+    select_backend(typed.backend)  # a resumed run goes on where it started
     parent_run_id = _parent_run_id(hydra_cfg)
 
     with timings.measure("import_seconds"):
@@ -64,7 +74,15 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     from digitcnn.model import build_cnn
     from digitcnn.training import configure_backend
 
-    log.info("digitcnn on %s (Keras %s)", keras.backend.backend(), keras.__version__)
+    trainer, tuning = settings_for(typed.trainer, typed.backend)
+    typed = dataclasses.replace(typed, trainer=trainer)  # what this backend and device run
+    log.info(
+        "digitcnn on %s (Keras %s), %s; trainer: %s",
+        typed.backend,
+        keras.__version__,
+        device_name(),
+        tuning,
+    )
     for line in _summary_lines(typed):
         log.info(line)
 
@@ -74,6 +92,9 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     checkpoint = source.checkpoint
     # A resumed run draws fresh backend randomness for its later epochs.
     configure_backend(typed.trainer, typed.seed + (checkpoint.epoch if checkpoint else 0), threads)
+    compiled = None
+    if typed.backend == "jax" and typed.trainer.compilation_cache:
+        compiled = CompilationCache(Path(typed.paths.cache_dir))
     with timings.measure("data_seconds"):
         data = load_dataset(typed.dataset, typed.seed)
     sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
@@ -104,11 +125,13 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         if checkpoint:
             recorder.log_tags({"resumed_after_epoch": checkpoint.epoch})
         else:
-            recorder.log_params(_params(cfg, typed, model, data, threads))
+            recorder.log_params(_params(cfg, typed, model, data, threads, tuning))
             recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
         history = _train_and_record(
             typed, cfg, model, data, recorder, checkpoint, overrides, timings
         )
+        if compiled:
+            recorder.log_metrics(compiled.counts)
         _log_job_log(recorder, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
     timings.set("mlflow_seconds", recorder.seconds)
     timings.set("job_seconds", time.perf_counter() - job_started)
@@ -150,7 +173,9 @@ def _recorded_config(cfg: DictConfig, typed: Config) -> dict:
     return resolved
 
 
-def _params(cfg: DictConfig, typed: Config, model, data, threads: tuple[int, int]) -> dict:
+def _params(
+    cfg: DictConfig, typed: Config, model, data, threads: tuple[int, int], tuning: str
+) -> dict:
     import keras
 
     from digitcnn import tracking
@@ -162,6 +187,11 @@ def _params(cfg: DictConfig, typed: Config, model, data, threads: tuple[int, int
         "derived.input_shape": list(data.input_shape),
         "derived.num_classes": data.num_classes,
         "derived.keras_backend": keras.backend.backend(),
+        "derived.device": device_name(),
+        "derived.platform": platform_name(typed.backend),
+        "derived.trainer_settings": tuning,
+        "derived.steps_per_execution": typed.trainer.steps_per_execution,
+        "derived.precision": typed.trainer.precision,
         "derived.intra_op_threads": threads[0],
         "derived.inter_op_threads": threads[1],
         **{f"derived.{k}_size": v for k, v in data.sizes().items()},
@@ -177,12 +207,7 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
     history, result = _fit(typed, model, data, recorder, checkpoint, timings)
     probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
     scores = evaluate(probabilities, data.y_test)
-    fit_metrics = (
-        {"train_seconds": result.train_seconds, "images_per_second": result.images_per_second}
-        if result
-        else {}
-    )
-    recorder.log_metrics({**scores.metrics(), **fit_metrics})
+    recorder.log_metrics({**scores.metrics(), **(_fit_metrics(result, len(data.x_train)))})
     labels = [str(c) for c in range(data.num_classes)]
     recorder.log_files(
         {
@@ -251,12 +276,31 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
         initial_epoch=done,
         seed=typed.seed + done,
     )
+    if not checkpoint:  # what Keras made of jit_compile (auto: its per-backend choice)
+        recorder.log_params({"derived.jit_compile": model.jit_compile})
     timings.set("fit_seconds", result.train_seconds)
-    timings.set("first_epoch_seconds", result.history["epoch_seconds"][0])
-    if len(result.history["epoch_seconds"]) > 1:  # steady state: the epochs after the first
-        steady = result.history["epoch_seconds"][1:]
-        timings.set("steady_images_per_second", len(data.x_train) * len(steady) / sum(steady))
+    for name, value in _fit_metrics(result, len(data.x_train)).items():
+        timings.set(name, value)
     return saver.history, result  # every epoch, those before a resume included
+
+
+def _fit_metrics(result, train_size: int) -> dict[str, float]:
+    """The fit's time, split into its first epoch (tracing and compilation included) and the
+    steady state of the epochs after it: `warmup_seconds` is how much longer the first took
+    than a steady epoch (mostly compilation)."""
+    if result is None:
+        return {}
+    seconds = result.history["epoch_seconds"]
+    metrics = {
+        "train_seconds": result.train_seconds,
+        "images_per_second": result.images_per_second,
+        "first_epoch_seconds": seconds[0],
+    }
+    if len(seconds) > 1:
+        steady = sorted(seconds[1:])[len(seconds[1:]) // 2]  # the median steady epoch
+        metrics["steady_images_per_second"] = train_size / steady
+        metrics["warmup_seconds"] = max(seconds[0] - steady, 0.0)
+    return metrics
 
 
 def _parent_run_id(hydra_cfg) -> str | None:

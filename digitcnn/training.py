@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from digitcnn.backends import resolved_jit
 from digitcnn.batchnorm import RecalibratedValidation
 from digitcnn.config import OptimizerConfig, TrainerConfig
 from digitcnn.data import Dataset
@@ -196,7 +197,7 @@ def train(
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=["accuracy"],
             steps_per_execution=cfg.steps_per_execution,
-            jit_compile=cfg.jit_compile,
+            jit_compile=resolved_jit(cfg.jit_compile),
         )
     one_hot = np.eye(data.num_classes, dtype=np.float32)
     # Validation runs in a callback, after BatchNorm's statistics are recomputed.
