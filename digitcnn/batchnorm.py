@@ -4,75 +4,70 @@ BatchNorm normalises with each batch's statistics while training and with moving
 them at inference. With Keras's momentum of 0.99 those averages need several hundred steps to
 forget the random start, so a short run validates and tests a model whose normalisation is
 still wrong (test accuracy 0.52 after one 18,000-image epoch whose training accuracy was 0.88).
-`recalibrate` replaces the averages with the exact mean of the statistics of N training
-batches, computed by the trained weights as they are now; nothing else changes.
+
+`recalibrate` sets each BatchNorm layer's moving mean and variance to the mean and variance of
+its input over a sample of training images, layer after layer in the model's order, each
+computed by the network as evaluation runs it (dropout and augmentation off, the BatchNorm
+layers before it already recalibrated). Weights and optimizer state are untouched. The passes
+are compiled Keras `predict` calls (XLA on JAX), one per BatchNorm layer, each through the
+layers up to it only.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import keras
 import numpy as np
+from keras import ops
 
-from digitcnn.augment import RandomAffine
-
-
-def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
+_PREDICT_BATCH = 512  # images per compiled call of the statistics passes
 
 
-# Layers that add noise in training mode, and the attributes that switch it off when zeroed.
-_NOISE = {keras.layers.Dropout: ("rate",), RandomAffine: ("rotation", "zoom", "shift")}
+class Recalibrator:
+    """The statistics passes of one model, built once (each compiles on first use)."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.norms = [
+            layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        self._probes = [self._probe(model, norm) for norm in self.norms]
+
+    @staticmethod
+    def _probe(model: keras.Model, norm: keras.layers.BatchNormalization) -> keras.Model:
+        """A model from the input to `norm`'s input, answering per image the mean and the mean
+        square of each channel (float32, whatever the compute precision)."""
+        features = ops.cast(norm.input, "float32")
+        axes = [a for a in range(1, len(features.shape)) if a != norm.axis % len(features.shape)]
+        return keras.Model(
+            model.inputs,
+            [ops.mean(features, axis=axes), ops.mean(ops.square(features), axis=axes)],
+            name=f"{norm.name}_statistics",
+        )
+
+    def __call__(self, images: np.ndarray) -> None:
+        batch = min(_PREDICT_BATCH, len(images))
+        for norm, probe in zip(self.norms, self._probes, strict=True):
+            means, squares = probe.predict(images, batch_size=batch, verbose=0)
+            mean = means.mean(axis=0)
+            variance = np.maximum(squares.mean(axis=0) - mean**2, 0.0)
+            norm.moving_mean.assign(mean.astype(norm.moving_mean.dtype))
+            norm.moving_variance.assign(variance.astype(norm.moving_variance.dtype))
 
 
-@contextmanager
-def _statistics_pass(model: keras.Model) -> Iterator[list[keras.layers.BatchNormalization]]:
-    """Within: training-mode calls update only the moving statistics (the caller sets each
-    BatchNorm's momentum), with dropout and augmentation off, so that the statistics are
-    those of the network that evaluation runs. Everything is restored on the way out."""
-    layers = list(_layers(model))
-    norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [(layer, "momentum", layer.momentum) for layer in norms]
-    for layer in layers:
-        for kind, names in _NOISE.items():
-            if isinstance(layer, kind):
-                saved += [(layer, name, getattr(layer, name)) for name in names]
-                for name in names:
-                    setattr(layer, name, 0.0)
-    try:
-        yield norms
-    finally:
-        for layer, name, value in saved:
-            setattr(layer, name, value)
-
-
-def recalibrate(model: keras.Model, images: np.ndarray, batch_size: int) -> int:
-    """Set every BatchNorm's moving mean and variance to the average of its batch statistics
-    over `images`, run in batches of `batch_size` in training mode with dropout and
-    augmentation off. Weights and optimizer state are untouched. Returns the batches used."""
-    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    batches = [b for b in batches if len(b) == batch_size] or batches[:1]  # equal weights
-    with _statistics_pass(model) as norms:
-        if not norms:
-            return 0
-        for i, batch in enumerate(batches):
-            for layer in norms:  # moving = moving * i/(i+1) + batch/(i+1): a running mean
-                layer.momentum = i / (i + 1)
-            model(batch, training=True)
-    return len(batches)
+def recalibrate(model: keras.Model, images: np.ndarray) -> int:
+    """Recompute every BatchNorm layer's moving statistics from `images` (see the module's
+    docstring); returns the number of layers recalibrated."""
+    recalibrator = Recalibrator(model)
+    recalibrator(images)
+    return len(recalibrator.norms)
 
 
 class RecalibratedValidation(keras.callbacks.Callback):
-    """At the end of every epoch: recompute BatchNorm statistics from `batches` random
-    training batches (0: keep Keras's moving averages), then validate. Adds `val_loss`,
-    `val_accuracy` and `bn_recalibration_seconds` to the epoch's logs, for the callbacks
-    after it. The model a checkpoint saves, and the one tested at the end, carry the
+    """At the end of every epoch: recompute BatchNorm statistics from `batches` x `batch_size`
+    random training images (0 batches: keep Keras's moving averages), then validate. Adds
+    `val_loss`, `val_accuracy` and `bn_recalibration_seconds` to the epoch's logs, for the
+    callbacks after it. The model a checkpoint saves, and the one tested at the end, carry the
     recomputed statistics."""
 
     def __init__(
@@ -86,16 +81,19 @@ class RecalibratedValidation(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self.x_train, self.x_val, self.y_val = x_train, x_val, y_val
-        self.batches, self.batch_size = batches, batch_size
+        self.images = min(len(x_train), batches * batch_size)
+        self.batch_size = batch_size
         self._rng = np.random.default_rng(seed)
+        self._recalibrator: Recalibrator | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         started = time.perf_counter()
-        if self.batches:
-            count = min(len(self.x_train), self.batches * self.batch_size)
-            chosen = np.sort(self._rng.choice(len(self.x_train), count, replace=False))
-            recalibrate(self.model, self.x_train[chosen], self.batch_size)
+        if self.images:
+            if self._recalibrator is None:
+                self._recalibrator = Recalibrator(self.model)
+            chosen = np.sort(self._rng.choice(len(self.x_train), self.images, replace=False))
+            self._recalibrator(self.x_train[chosen])
         logs["bn_recalibration_seconds"] = time.perf_counter() - started
         scores = self.model.evaluate(
             self.x_val,

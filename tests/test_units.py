@@ -193,29 +193,31 @@ def test_jax_backend_says_threads_are_not_applied(monkeypatch, caplog):
     assert "not applied on the jax backend" in caplog.text
 
 
-def test_recalibration_sets_exact_batch_statistics_and_touches_nothing_else():
-    """Moving statistics become the mean of the batches' statistics, computed with dropout
-    off; weights, dropout rates and momentum are as before."""
+def test_recalibration_sets_the_statistics_evaluation_sees_and_touches_nothing_else():
+    """Each BatchNorm's moving statistics become its input's mean and variance over the
+    images, as evaluation computes that input (dropout off, earlier BatchNorms recalibrated);
+    weights and dropout are as before."""
     import keras
 
     from digitcnn.batchnorm import recalibrate
     from digitcnn.model import build_cnn
 
-    model = build_cnn(CNNConfig(filters=[4], dropout=0.5), (8, 8, 1), 10)
-    images = np.random.default_rng(0).random((64, 8, 8, 1)).astype(np.float32)
+    model = build_cnn(CNNConfig(filters=[4, 6], dropout=0.5), (8, 8, 1), 10)
+    images = np.random.default_rng(0).random((700, 8, 8, 1)).astype(np.float32)
     before = [w.numpy().copy() for w in model.trainable_weights]
-    assert recalibrate(model, images, batch_size=16) == 4
+    assert recalibrate(model, images) == 2
 
-    conv, norm = model.get_layer("conv1"), model.get_layer("bn1")
-    features = [np.asarray(conv(images[i : i + 16])) for i in range(0, 64, 16)]
-    mean = np.mean([f.mean(axis=(0, 1, 2)) for f in features], axis=0)
-    variance = np.mean([f.var(axis=(0, 1, 2)) for f in features], axis=0)
-    np.testing.assert_allclose(norm.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(norm.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-6)
+    for name in ("bn1", "bn2"):
+        norm = model.get_layer(name)
+        upstream = keras.Model(model.inputs, norm.input)  # inference mode: what evaluation sees
+        features = np.asarray(upstream.predict(images, verbose=0)).reshape(-1, norm.input.shape[-1])
+        np.testing.assert_allclose(norm.moving_mean.numpy(), features.mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(
+            norm.moving_variance.numpy(), features.var(axis=0), rtol=1e-3, atol=1e-6
+        )
     for old, new in zip(before, model.trainable_weights, strict=True):
         np.testing.assert_array_equal(old, new.numpy())
-    assert norm.momentum == 0.99 and model.get_layer("dropout1").rate == 0.5
-    assert isinstance(norm, keras.layers.BatchNormalization)
+    assert model.get_layer("dropout1").rate == 0.5
 
 
 def test_short_runs_validate_with_recalibrated_statistics():
