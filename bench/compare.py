@@ -2,6 +2,7 @@
 
     python bench/compare.py --pairs 3 --epochs 3            # MNIST from the data cache
     python bench/compare.py --dataset digits --pairs 1 --epochs 2   # a smoke check
+    python bench/compare.py --backend jax --pairs 3 --epochs 1 --limit 15000   # JAX on both sides
     python bench/compare.py --pairs 3 --epochs 1 --limit 20000 --val-size 0 --kernel-size 3 \
         --padding valid --dense-dropout 0.5 --schedule constant   # a short job's fixed cost
 
@@ -84,6 +85,7 @@ def framework(args, data: Path | None, env, root: Path) -> dict:
         f"model.padding={args.padding}",
         f"model.dense_dropout={args.dense_dropout}",
         f"optimizer.schedule={args.schedule}",
+        f"backend={args.backend}",
         "tracking.experiment=bench",
     ]
     overrides += [f"dataset.limit={args.limit}"] if args.limit else []
@@ -144,6 +146,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default="tensorflow")
     parser.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     parser.add_argument("--limit", type=int, help="dataset.limit for both sides")
     parser.add_argument("--val-size", type=int, help="default: 5000 (mnist), 180 (digits)")
@@ -166,6 +169,7 @@ def main() -> None:
         raise SystemExit(f"{data} not found: run `python -m digitcnn.run` once to fetch MNIST")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["KERAS_BACKEND"] = args.backend  # both sides
 
     pairs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +183,8 @@ def main() -> None:
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
-        "config": f"{args.dataset}, {args.epochs} epochs, batch {args.batch_size}, "
+        "config": f"Keras on {args.backend}, {args.dataset}, {args.epochs} epochs, "
+        f"batch {args.batch_size}, "
         f"limit {args.limit}, val_size {args.val_size}, kernel {args.kernel_size} "
         f"{args.padding}, dense dropout {args.dense_dropout}, {args.schedule} rate",
         "pairs": pairs,

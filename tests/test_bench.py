@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, cli_env, failure_report
 
 
-def test_bench_compare_runs_on_digits(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_bench_compare_runs_on_digits(tmp_path, backend):
     out = tmp_path / "results"
     proc = subprocess.run(
         [
@@ -21,6 +24,8 @@ def test_bench_compare_runs_on_digits(tmp_path):
             "1",
             "--epochs",
             "2",
+            "--backend",
+            backend,
             "--out",
             str(out),
         ],
@@ -38,6 +43,7 @@ def test_bench_compare_runs_on_digits(tmp_path):
     assert pair["framework"]["mlflow_seconds"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| steady-state training images/s" in table and "plain Keras" in table
+    assert f"Keras on {backend}" in table
 
 
 def test_flop_count_of_the_reference_model():
