@@ -31,14 +31,16 @@ NEUTRAL = {
 }
 
 
+def _not_a_missing_tpu_notice(record: logging.LogRecord) -> bool:
+    return "Unable to initialize backend" not in record.getMessage()
+
+
 def select_backend(name: str) -> None:
     """Make `name` Keras's backend: set before Keras is imported, or check that it is the one
     already imported (a process runs one backend; sweep backends with a launcher that starts a
     process per job)."""
     if name == "jax":  # JAX looks for a TPU runtime and says so when there is none
-        logging.getLogger("jax._src.xla_bridge").addFilter(
-            lambda record: "Unable to initialize backend" not in record.getMessage()
-        )
+        logging.getLogger("jax._src.xla_bridge").addFilter(_not_a_missing_tpu_notice)
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = name
         return

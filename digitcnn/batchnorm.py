@@ -21,7 +21,9 @@ import keras
 import numpy as np
 from keras import ops
 
-_PREDICT_BATCH = 512  # images per compiled call of the statistics passes
+from digitcnn.batching import even_batch
+
+_PREDICT_BATCH = 512  # at most this many images per compiled call of the statistics passes
 
 
 class Recalibrator:
@@ -46,7 +48,7 @@ class Recalibrator:
         )
 
     def __call__(self, images: np.ndarray) -> None:
-        batch = min(_PREDICT_BATCH, len(images))
+        batch = even_batch(len(images), _PREDICT_BATCH)
         for norm, probe in zip(self.norms, self._probes, strict=True):
             means, squares = probe.predict(images, batch_size=batch, verbose=0)
             mean = means.mean(axis=0)

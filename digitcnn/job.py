@@ -179,6 +179,7 @@ def _params(
     import keras
 
     from digitcnn import tracking
+    from digitcnn.batching import train_steps
     from digitcnn.model import trainable_parameters
 
     return {
@@ -192,6 +193,8 @@ def _params(
         "derived.trainer_settings": tuning,
         "derived.steps_per_execution": typed.trainer.steps_per_execution,
         "derived.precision": typed.trainer.precision,
+        # JAX: full batches only (one compiled shape); elsewhere the last batch is ragged
+        "derived.steps_per_epoch": train_steps(len(data.x_train), typed.trainer.batch_size)[0],
         "derived.intra_op_threads": threads[0],
         "derived.inter_op_threads": threads[1],
         **{f"derived.{k}_size": v for k, v in data.sizes().items()},
@@ -202,10 +205,12 @@ def _params(
 def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, timings) -> dict:
     """Fit (checkpointing every epoch), evaluate on the test set once, log the results."""
     from digitcnn import plots, tracking
+    from digitcnn.batching import even_batch
     from digitcnn.evaluation import evaluate
 
     history, result = _fit(typed, model, data, recorder, checkpoint, timings)
-    probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
+    batch = even_batch(len(data.x_test), 1024)
+    probabilities = model.predict(data.x_test, batch_size=batch, verbose=0)
     scores = evaluate(probabilities, data.y_test)
     recorder.log_metrics({**scores.metrics(), **(_fit_metrics(result, len(data.x_train)))})
     labels = [str(c) for c in range(data.num_classes)]

@@ -17,6 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from digitcnn.backends import select_backend
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
 from digitcnn.runtime import import_keras_quietly
@@ -40,6 +41,17 @@ class MlflowSweepCallback(Callback):
     """Opens and closes the parent run of a multirun; does nothing for a single run."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._open_parent(config)
+        except InputError as exc:  # Hydra would turn an exception here into a warning
+            log.error("error: %s", exc)
+            sys.exit(2)
+        except Exception:  # a sweep without its parent run would record its jobs unparented
+            log.exception("the sweep's parent run could not be opened")
+            sys.exit(1)
+
+    def _open_parent(self, config: DictConfig) -> None:
+        select_backend(config.backend)  # before Keras is imported, as a job would
         import_keras_quietly()  # the tracking module imports Keras
         from digitcnn import tracking
 
@@ -53,11 +65,7 @@ class MlflowSweepCallback(Callback):
             "sweep.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
             "sweep.objective": config.objective,
         }
-        try:
-            tracking.preflight(_tracking(config))
-        except InputError as exc:  # Hydra would turn an exception here into a warning
-            log.error("error: %s", exc)
-            sys.exit(2)
+        tracking.preflight(_tracking(config))
         run_id = tracking.open_parent_run(_tracking(config), name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)

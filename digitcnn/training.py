@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from digitcnn.backends import resolved_jit
+from digitcnn.batching import train_steps
 from digitcnn.batchnorm import RecalibratedValidation
 from digitcnn.config import OptimizerConfig, TrainerConfig
 from digitcnn.data import Dataset
@@ -33,6 +34,11 @@ def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = 
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
+
+        # Each BatchNorm statistics pass is a model of its own, predicted once per epoch and
+        # traced once; in a sweep's process their count trips tf.function's retracing
+        # heuristic, whose warning would then be a false alarm.
+        logging.getLogger("tensorflow").addFilter(_not_a_retracing_notice)
 
         tf.config.threading.set_intra_op_parallelism_threads(threads[0])
         tf.config.threading.set_inter_op_parallelism_threads(threads[1])
@@ -58,6 +64,10 @@ def configure_backend(cfg: TrainerConfig, seed: int, threads: tuple[int, int] = 
     # the backend, and that import prints TensorFlow's start-up notices.
     with native_stderr_hidden():
         keras.utils.set_random_seed(seed)
+
+
+def _not_a_retracing_notice(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 def _configure_torch(deterministic: bool, threads: tuple[int, int]) -> None:
@@ -190,7 +200,7 @@ def train(
     """Compile with categorical cross-entropy (as the reference) and fit epochs
     `initial_epoch`..`cfg.epochs`; a model resumed from a checkpoint comes compiled. `seed`
     picks the training batches that BatchNorm's statistics are recomputed from."""
-    steps_per_epoch = -(-len(data.x_train) // cfg.batch_size)
+    steps_per_epoch, full_batches = train_steps(len(data.x_train), cfg.batch_size)
     if initial_epoch == 0:
         model.compile(
             optimizer=build_optimizer(optimizer_cfg, steps_per_epoch, cfg.epochs),
@@ -218,6 +228,7 @@ def train(
             batch_size=cfg.batch_size,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch if full_batches else None,
             shuffle=True,
             verbose=1 if cfg.progress_bar else 0,
             callbacks=[stop, validation, EpochStats(cfg.epochs, len(data.x_train)), *callbacks],
@@ -226,5 +237,7 @@ def train(
     return TrainResult(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         train_seconds=seconds,
-        images_per_second=len(data.x_train) * (cfg.epochs - initial_epoch) / seconds,
+        images_per_second=min(len(data.x_train), steps_per_epoch * cfg.batch_size)
+        * (cfg.epochs - initial_epoch)
+        / seconds,
     )

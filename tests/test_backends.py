@@ -104,6 +104,9 @@ def test_jax_records_what_tensorflow_records(tmp_path):
     assert jax_run.data.params["derived.jit_compile"] == "True"  # auto: XLA on JAX
     assert tf_run.data.params["derived.jit_compile"] == "False"  # auto: none on TF-CPU
     assert jax_run.data.params["derived.device"] == tf_run.data.params["derived.device"]
+    # 1257 training images at batch 32: JAX compiles one shape (39 full batches), TF takes 40
+    assert jax_run.data.params["derived.steps_per_epoch"] == "39"
+    assert tf_run.data.params["derived.steps_per_epoch"] == "40"
     assert jax_run.data.metrics["test_accuracy"] > 0.8
 
     mlflow.set_tracking_uri(client.tracking_uri)

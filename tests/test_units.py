@@ -240,3 +240,13 @@ def test_short_runs_validate_with_recalibrated_statistics():
         accuracy[batches] = result.history["val_accuracy"][-1]
         assert len(result.history["bn_recalibration_seconds"]) == 2
     assert accuracy[32] >= 0.85 and accuracy[0] < 0.7, accuracy
+
+
+@pytest.mark.parametrize(
+    ("count", "largest", "size"),
+    [(10000, 1024, 1000), (5000, 256, 250), (180, 256, 180), (997, 512, 512), (0, 64, 1)],
+)
+def test_even_batches_divide_the_images_when_a_size_close_enough_does(count, largest, size):
+    from digitcnn.batching import even_batch
+
+    assert even_batch(count, largest) == size

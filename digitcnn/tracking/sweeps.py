@@ -16,14 +16,14 @@ from digitcnn.tracking.store import Store, client_for
 
 def open_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
     """Create a sweep's parent run (left RUNNING until `end_parent_run`); returns its id."""
-    client, experiment_id = client_for(cfg)
+    client, experiment_id, _ = client_for(cfg)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
     return run.info.run_id
 
 
 def sweep_records(cfg: TrackingConfig, parent_run_id: str) -> tuple[Recorder, list[JobRecord]]:
     """A recorder on the parent run and what each of its child runs recorded."""
-    client, _ = client_for(cfg)
+    client = client_for(cfg).client
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
@@ -53,7 +53,7 @@ def _from_job_config(cfg: DictConfig) -> Store:
 
 def has_child(cfg: DictConfig, parent_run_id: str, job: int) -> bool:
     """Whether sweep job `job` already has a run under `parent_run_id`."""
-    client, experiment_id = _from_job_config(cfg)
+    client, experiment_id, _ = _from_job_config(cfg)
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`sweep.job` = '{job}'",
@@ -66,7 +66,7 @@ def record_failed_run(
     cfg: DictConfig, run_name: str, tags: Mapping[str, str], parent_run_id: str
 ) -> None:
     """A FAILED child run for a sweep job that failed before its own run opened."""
-    client, experiment_id = _from_job_config(cfg)
+    client, experiment_id, _ = _from_job_config(cfg)
     run = client.create_run(
         experiment_id, run_name=run_name, tags={**tags, "mlflow.parentRunId": parent_run_id}
     )
