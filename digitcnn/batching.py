@@ -1,20 +1,44 @@
-"""Batch sizes that suit a backend which compiles one program per batch shape (JAX)."""
+"""Batches that suit a backend which compiles one program per batch shape (JAX)."""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 
-def train_steps(count: int, batch_size: int) -> tuple[int, bool]:
-    """Training steps per epoch over `count` images, and whether they are full batches only.
+class FullBatches(keras.utils.PyDataset):
+    """Shuffled training batches of exactly `batch_size` images, reshuffled every epoch; the
+    ragged remainder (a different random one each epoch) is left out, so one train step is
+    compiled, not two."""
 
-    On JAX every distinct batch shape is compiled anew, so the ragged last batch of an epoch
-    is left out there (a different random remainder each epoch, as the data is shuffled):
-    one train step is compiled, not two. Elsewhere every image is used every epoch.
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.x[chosen], self.y[chosen]
+
+    def on_epoch_end(self) -> None:
+        self._order = self._rng.permutation(len(self.x))
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tuple[dict, int]:
+    """`model.fit` arguments for the training data, and the steps per epoch they make.
+
+    On JAX every distinct batch shape is compiled anew: there the data come as FullBatches.
+    Elsewhere (TensorFlow traces one graph for any batch size) Keras batches the arrays
+    itself and every image is used every epoch.
     """
-    if keras.backend.backend() == "jax" and count >= batch_size:
-        return count // batch_size, True
-    return -(-count // batch_size), False
+    if keras.backend.backend() == "jax" and len(x) >= batch_size:
+        batches = FullBatches(x, y, batch_size, seed)
+        return {"x": batches}, len(batches)
+    return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True}, -(-len(x) // batch_size)
 
 
 def even_batch(count: int, largest: int) -> int:

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from digitcnn.backends import resolved_jit
-from digitcnn.batching import train_steps
+from digitcnn.batching import training_batches
 from digitcnn.batchnorm import RecalibratedValidation
 from digitcnn.config import OptimizerConfig, TrainerConfig
 from digitcnn.data import Dataset
@@ -200,7 +200,10 @@ def train(
     """Compile with categorical cross-entropy (as the reference) and fit epochs
     `initial_epoch`..`cfg.epochs`; a model resumed from a checkpoint comes compiled. `seed`
     picks the training batches that BatchNorm's statistics are recomputed from."""
-    steps_per_epoch, full_batches = train_steps(len(data.x_train), cfg.batch_size)
+    one_hot = np.eye(data.num_classes, dtype=np.float32)
+    batches, steps_per_epoch = training_batches(
+        data.x_train, one_hot[data.y_train], cfg.batch_size, seed
+    )
     if initial_epoch == 0:
         model.compile(
             optimizer=build_optimizer(optimizer_cfg, steps_per_epoch, cfg.epochs),
@@ -209,7 +212,6 @@ def train(
             steps_per_execution=cfg.steps_per_execution,
             jit_compile=resolved_jit(cfg.jit_compile),
         )
-    one_hot = np.eye(data.num_classes, dtype=np.float32)
     # Validation runs in a callback, after BatchNorm's statistics are recomputed.
     validation = RecalibratedValidation(
         data.x_train,
@@ -223,13 +225,9 @@ def train(
     started = time.perf_counter()
     with stop.watching():
         history = model.fit(
-            data.x_train,
-            one_hot[data.y_train],
-            batch_size=cfg.batch_size,
+            **batches,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch if full_batches else None,
-            shuffle=True,
             verbose=1 if cfg.progress_bar else 0,
             callbacks=[stop, validation, EpochStats(cfg.epochs, len(data.x_train)), *callbacks],
         )
