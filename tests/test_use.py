@@ -150,6 +150,8 @@ def test_predict_skips_bombs_blanks_and_non_images_and_answers_the_rest(mnist_ru
         }
     assert results["notes.txt"]["error"].startswith("not an image")
     assert "6 of 7 files skipped" in proc.stderr and "Traceback" not in proc.stderr
+    for noise in ("Warning", "type hints", "Downloading artifacts", "%|"):  # a quiet console
+        assert noise not in proc.stderr, proc.stderr
 
 
 def test_image_preparation_centres_the_ink_like_mnist():
