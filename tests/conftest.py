@@ -138,6 +138,13 @@ def client_for(root: Path) -> MlflowClient:
     return MlflowClient(store_uri(root))
 
 
+def runs_of(root: Path, experiment: str) -> list:
+    """The runs of `experiment` in the store under `root`, oldest first."""
+    client = client_for(root)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([experiment_id], order_by=["start_time ASC"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

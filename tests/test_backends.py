@@ -13,7 +13,7 @@ from digitcnn import backends
 from digitcnn.config import TrainerConfig, to_typed
 from digitcnn.data import mnist as mnist_source
 from digitcnn.errors import ConfigValueError
-from tests.conftest import client_for, failure_report, run_cli
+from tests.conftest import client_for, failure_report, run_cli, runs_of
 
 TUNED = TrainerConfig(
     steps_per_execution=16,
@@ -95,9 +95,7 @@ def test_jax_records_what_tensorflow_records(tmp_path):
         for noise in ("oneDNN", "libtpu", "Warning"):  # no start-up notices of other libraries
             assert noise not in proc.stderr, proc.stderr
     client = client_for(tmp_path)
-    tf_run, jax_run = client.search_runs(
-        [client.get_experiment_by_name("quick").experiment_id], order_by=["start_time ASC"]
-    )
+    tf_run, jax_run = runs_of(tmp_path, "quick")
     assert {r.info.status for r in (tf_run, jax_run)} == {"FINISHED"}
     assert _record(client, tf_run) == _record(client, jax_run)
     assert jax_run.data.params["derived.keras_backend"] == "jax"
@@ -124,10 +122,7 @@ def test_fast_recipe_on_jax_uses_jax_settings_and_its_compilation_cache(tmp_path
     for _ in range(2):
         proc = run_cli(tmp_path, *args)
         assert proc.returncode == 0, failure_report(proc)
-    client = client_for(tmp_path)
-    first, second = client.search_runs(
-        [client.get_experiment_by_name("fast").experiment_id], order_by=["start_time ASC"]
-    )
+    first, second = runs_of(tmp_path, "fast")
     params = first.data.params
     assert params["trainer.steps_per_execution"] == "16"  # as configured
     assert params["derived.steps_per_execution"] == "1"  # as run: JAX's own

@@ -24,6 +24,7 @@ from tests.conftest import (
     failure_report,
     free_port,
     run_cli,
+    runs_of,
     serving,
     store_uri,
 )
@@ -146,13 +147,10 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
         proc = run_cli(tmp_path, *args)
         assert proc.returncode == 0, failure_report(proc)
     client = client_for(tmp_path)
-    first, second = client.search_runs(
-        [client.get_experiment_by_name("det").experiment_id], order_by=["start_time ASC"]
-    )
+    first, second = runs_of(tmp_path, "det")
     proc = run_cli(tmp_path, f"rerun={first.info.run_id}")
     assert proc.returncode == 0, failure_report(proc)
-    runs = client.search_runs([first.info.experiment_id], order_by=["start_time ASC"])
-    rerun = runs[-1]
+    rerun = runs_of(tmp_path, "det")[-1]
     assert rerun.data.tags["rerun_of"] == first.info.run_id
     for other in (second, rerun):
         assert other.data.metrics["test_accuracy"] == first.data.metrics["test_accuracy"]
