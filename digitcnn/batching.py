@@ -35,10 +35,18 @@ def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -
     Elsewhere (TensorFlow traces one graph for any batch size) Keras batches the arrays
     itself and every image is used every epoch.
     """
-    if keras.backend.backend() == "jax" and len(x) >= batch_size:
-        batches = FullBatches(x, y, batch_size, seed)
-        return {"x": batches}, len(batches)
-    return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True}, -(-len(x) // batch_size)
+    steps, full = steps_per_epoch(len(x), batch_size)
+    if full:
+        return {"x": FullBatches(x, y, batch_size, seed)}, steps
+    return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True}, steps
+
+
+def steps_per_epoch(count: int, batch_size: int) -> tuple[int, bool]:
+    """Training steps per epoch over `count` images, and whether they are full batches only
+    (on JAX, see `training_batches`)."""
+    if keras.backend.backend() == "jax" and count >= batch_size:
+        return count // batch_size, True
+    return -(-count // batch_size), False
 
 
 def even_batch(count: int, largest: int) -> int:

@@ -179,7 +179,7 @@ def _params(
     import keras
 
     from digitcnn import tracking
-    from digitcnn.batching import training_batches
+    from digitcnn.batching import steps_per_epoch
     from digitcnn.model import trainable_parameters
 
     return {
@@ -194,9 +194,7 @@ def _params(
         "derived.steps_per_execution": typed.trainer.steps_per_execution,
         "derived.precision": typed.trainer.precision,
         # JAX: full batches only (one compiled shape); elsewhere the last batch is ragged
-        "derived.steps_per_epoch": training_batches(
-            data.x_train, data.y_train, typed.trainer.batch_size, typed.seed
-        )[1],
+        "derived.steps_per_epoch": steps_per_epoch(len(data.x_train), typed.trainer.batch_size)[0],
         "derived.intra_op_threads": threads[0],
         "derived.inter_op_threads": threads[1],
         **{f"derived.{k}_size": v for k, v in data.sizes().items()},
