@@ -11,6 +11,7 @@ import sys
 import time
 from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
@@ -28,6 +29,9 @@ from digitcnn.config import Config, TrainerConfig, to_typed
 from digitcnn.resume import RESOLVED_CONFIG, job_source
 from digitcnn.runtime import import_keras_quietly
 from digitcnn.timing import Timings, process_age
+
+if TYPE_CHECKING:
+    from digitcnn.training import TrainResult
 
 log = logging.getLogger("digitcnn")
 
@@ -208,11 +212,11 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
     from digitcnn.batching import even_batch
     from digitcnn.evaluation import evaluate
 
-    history, result = _fit(typed, model, data, recorder, checkpoint, timings)
+    history, fit_metrics = _fit(typed, model, data, recorder, checkpoint, timings)
     batch = even_batch(len(data.x_test), 1024)
     probabilities = model.predict(data.x_test, batch_size=batch, verbose=0)
     scores = evaluate(probabilities, data.y_test)
-    recorder.log_metrics({**scores.metrics(), **(_fit_metrics(result, len(data.x_train)))})
+    recorder.log_metrics({**scores.metrics(), **fit_metrics})
     labels = [str(c) for c in range(data.num_classes)]
     recorder.log_files(
         {
@@ -244,8 +248,12 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
         scores.macro_f1,
         int(scores.confusion.sum()),
     )
-    if result:
-        log.info("trained %.1fs (%.0f img/s)", result.train_seconds, result.images_per_second)
+    if fit_metrics:
+        log.info(
+            "trained %.1fs (%.0f img/s)",
+            fit_metrics["train_seconds"],
+            fit_metrics["images_per_second"],
+        )
     log.info("MLflow calls %.2fs", recorder.seconds)
     log.info("run %s in experiment %r", recorder.run_id, typed.tracking.experiment)
     log.info("artifacts %s", recorder.artifact_uri)
@@ -258,8 +266,8 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
 
 def _fit(typed, model, data, recorder, checkpoint, timings):
     """Train the epochs not yet done, checkpointing each; returns every epoch's history and
-    the fit's result, or None when a resumed run had trained all its epochs already (it was
-    stopped while it evaluated and recorded them)."""
+    the fit's metrics (`_fit_metrics`); none when a resumed run had trained all its epochs
+    already (it was stopped while it evaluated and recorded them)."""
     from digitcnn import tracking
     from digitcnn.checkpoint import EpochCheckpoint
     from digitcnn.training import train
@@ -267,7 +275,7 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     done = checkpoint.epoch if checkpoint else 0
     if done >= typed.trainer.epochs:
         log.info("all %d epochs were trained; evaluating and recording", done)
-        return checkpoint.history, None
+        return checkpoint.history, {}
     timings.set("fit_start_seconds", process_age())
     saver = EpochCheckpoint(
         Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
@@ -284,17 +292,16 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     if not checkpoint:  # what Keras made of jit_compile (auto: its per-backend choice)
         recorder.log_params({"derived.jit_compile": model.jit_compile})
     timings.set("fit_seconds", result.train_seconds)
-    for name, value in _fit_metrics(result, len(data.x_train)).items():
+    metrics = _fit_metrics(result, len(data.x_train))
+    for name, value in metrics.items():
         timings.set(name, value)
-    return saver.history, result  # every epoch, those before a resume included
+    return saver.history, metrics  # every epoch, those before a resume included
 
 
-def _fit_metrics(result, train_size: int) -> dict[str, float]:
+def _fit_metrics(result: TrainResult, train_size: int) -> dict[str, float]:
     """The fit's time, split into its first epoch (tracing and compilation included) and the
     steady state of the epochs after it: `warmup_seconds` is how much longer the first took
     than a steady epoch (mostly compilation)."""
-    if result is None:
-        return {}
     seconds = result.history["epoch_seconds"]
     metrics = {
         "train_seconds": result.train_seconds,
