@@ -8,20 +8,20 @@ input.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from digitcnn.paths import ensure_writable
+
 
 def check_writable(folder: Path, key: str, config: DictConfig) -> None:
     """Create `folder` and write a file in it, or exit 2 with one line naming `key` (and
     `paths.root_dir` when the folder was derived from an overridden root)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        ensure_writable(folder)
     except OSError as exc:
         root = str(config.paths.root_dir)
         origin = f" (from paths.root_dir={root!r})" if str(folder).startswith(root) else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -32,3 +33,10 @@ def project_root() -> Path:
     if env := os.environ.get("DIGITCNN_ROOT"):
         return Path(env).expanduser().resolve()
     return _CHECKOUT_DIR if _in_checkout() else Path.home() / "digitcnn"
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` (and its parents) and write a throwaway file in it; raises OSError when
+    either cannot be done."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=folder).close()

@@ -7,7 +7,6 @@ import logging
 import platform
 import re
 import subprocess
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -24,6 +23,7 @@ from filelock import FileLock
 from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
+from digitcnn import paths
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
 from digitcnn.runtime import quiet_mlflow
@@ -185,8 +185,7 @@ def preflight(cfg: TrackingConfig) -> Store:
     if location.startswith("file:") or "://" not in location:
         folder = Path(urllib.parse.urlparse(location).path if "://" in location else location)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
+            paths.ensure_writable(folder)
         except OSError as exc:
             raise InputError(
                 f"tracking.artifact_location={str(folder)!r} (experiment {cfg.experiment!r}) "
