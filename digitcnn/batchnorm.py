@@ -100,7 +100,7 @@ class RecalibratedValidation(keras.callbacks.Callback):
         scores = self.model.evaluate(
             self.x_val,
             self.y_val,
-            batch_size=max(self.batch_size, 256),
+            batch_size=even_batch(len(self.x_val), max(self.batch_size, 256)),
             verbose=0,
             return_dict=True,
         )
