@@ -56,9 +56,11 @@ def cli() -> None:
         main()
         status = 0
     except SystemExit as exc:  # Hydra's exit on errors, and ours
-        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, int | None):
+        if exc.code is None or isinstance(exc.code, int):
+            status = exc.code or 0
+        else:  # sys.exit("message"): printed, status 1, as Python does
             print(exc.code, file=sys.stderr)
+            status = 1
     # What the interpreter does first at exit: threading's exit hooks (executors stop their
     # workers: joblib's loky), then every other non-daemon thread is joined; then atexit.
     threading._shutdown()
