@@ -225,7 +225,7 @@ class TrackingConfig(_Checked):
 
     uri: str = MISSING  # MLflow tracking URI; MLFLOW_TRACKING_URI overrides the default
     experiment: str = "digitcnn"  # MLflow experiment name
-    artifact_location: str = MISSING  # where a new experiment keeps its artifacts
+    artifact_location: str | None = None  # a new experiment's; null: the server's store
     run_name: str | None = None  # null = named from the overrides
     log_model: bool = True  # log the trained model with the run
     register_as: str | None = None  # also register it as a version of this model name
@@ -273,9 +273,16 @@ _GROUP_SCHEMAS = {
 }
 
 
+def artifacts_for(tracking_uri: str, local_folder: str) -> str | None:
+    """The default artifact location of a new experiment: None (the server's own store,
+    `mlflow-artifacts:`) when runs go to a tracking server, else `local_folder`."""
+    return None if str(tracking_uri).startswith(("http://", "https://")) else local_folder
+
+
 def register_configs() -> None:
     """Store the schemas, the `project_root` resolver and the experiment recipes in Hydra."""
     OmegaConf.register_new_resolver("project_root", lambda: str(paths.project_root()), replace=True)
+    OmegaConf.register_new_resolver("artifacts_for", artifacts_for, replace=True)
     cs = ConfigStore.instance()
     # Under schema/ so that schemas are not offered as options of the groups they type.
     cs.store(group="schema", name="config", node=Config, package="_global_")

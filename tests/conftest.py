@@ -101,12 +101,13 @@ def run_cli(
     module: str = "digitcnn.run",
     cwd: Path | None = None,
     timeout: int = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """`python -m digitcnn.run ARGS` with its store under `root`."""
+    """`python -m digitcnn.run ARGS` with its store under `root` (`env`: added variables)."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd or root,
-        env=cli_env(root),
+        env=cli_env(root) | (env or {}),
         capture_output=True,
         text=True,
         timeout=timeout,

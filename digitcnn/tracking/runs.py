@@ -22,7 +22,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 
-from digitcnn.tracking.store import Store
+from digitcnn.errors import InputError
+from digitcnn.tracking.store import Store, refusal
 
 log = logging.getLogger(__name__)
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
@@ -177,15 +178,21 @@ def tracked_run(
     `run_id` reopens an interrupted one); it ends FINISHED, FAILED (traceback logged) or KILLED
     (Ctrl-C), never open."""
     started = time.perf_counter()
-    if run_id:
-        run = mlflow.start_run(run_id=run_id)
-    else:
-        run = mlflow.start_run(
-            experiment_id=store.experiment_id,
-            run_name=run_name,
-            tags=dict(tags),
-            parent_run_id=parent_run_id,
-        )
+    try:
+        if run_id:
+            run = mlflow.start_run(run_id=run_id)
+        else:
+            run = mlflow.start_run(
+                experiment_id=store.experiment_id,
+                run_name=run_name,
+                tags=dict(tags),
+                parent_run_id=parent_run_id,
+            )
+    except mlflow.exceptions.MlflowException as exc:
+        reason = refusal(exc, store.experiment)  # a server's "no": nothing was written
+        if reason is None:
+            raise
+        raise InputError(reason) from None
     recorder = Recorder(store.client, run.info.run_id, run.info.artifact_uri)
     recorder.seconds = time.perf_counter() - started
     status = "FAILED"

@@ -4,6 +4,7 @@ the versions and git state a run records."""
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import re
 import subprocess
@@ -55,9 +56,11 @@ def _experiment(client: MlflowClient, cfg: TrackingConfig) -> Experiment:
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
         return experiment
-    location = Path(cfg.artifact_location).expanduser().resolve()
-    try:
-        experiment_id = client.create_experiment(cfg.experiment, location.as_uri())
+    location = cfg.artifact_location
+    if location and "://" not in location and not location.startswith("mlflow-artifacts:"):
+        location = Path(location).expanduser().resolve().as_uri()
+    try:  # no location: the server's default (mlflow-artifacts:/ when it serves artifacts)
+        experiment_id = client.create_experiment(cfg.experiment, location)
     except mlflow.exceptions.MlflowException:
         # A parallel job created it between our look-up and our create.
         experiment = client.get_experiment_by_name(cfg.experiment)
@@ -128,8 +131,29 @@ class Store(NamedTuple):
     """An open tracking store and the experiment a job records into."""
 
     client: MlflowClient
+    experiment: str
     experiment_id: str
     artifact_location: str  # the experiment's, fixed when it was created
+
+
+def refusal(exc: Exception, experiment: str) -> str | None:
+    """What a tracking server's refusal means for the user, in one line; None when `exc` is
+    not a refusal (401: who you are, 403: what you may do)."""
+    code = getattr(exc, "error_code", None)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED":
+        if not user:
+            return "the server wants a user: set MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD"
+        return (
+            f"the server refused user {user!r}: check MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD"
+        )
+    if code == "PERMISSION_DENIED":
+        return (
+            f"tracking.experiment={experiment!r}: user {user!r} may not write to it (an "
+            "experiment's owner grants EDIT); name another experiment"
+        )
+    return None
 
 
 @contextmanager
@@ -160,7 +184,7 @@ def client_for(cfg: TrackingConfig) -> Store:
     with _store_creation(cfg.uri):
         client = MlflowClient(cfg.uri)
         experiment = _experiment(client, cfg)
-    return Store(client, experiment.experiment_id, experiment.artifact_location)
+    return Store(client, cfg.experiment, experiment.experiment_id, experiment.artifact_location)
 
 
 def preflight(cfg: TrackingConfig) -> Store:
@@ -181,7 +205,8 @@ def preflight(cfg: TrackingConfig) -> Store:
         store = client_for(cfg)
         location = store.artifact_location
     except (OSError, mlflow.exceptions.MlflowException) as exc:
-        raise InputError(f"tracking.uri={shown!r} cannot be used: {redact(str(exc))}") from None
+        reason = refusal(exc, cfg.experiment) or f"cannot be used: {redact(str(exc))}"
+        raise InputError(f"tracking.uri={shown!r}: {reason}") from None
     if location.startswith("file:") or "://" not in location:
         folder = Path(urllib.parse.urlparse(location).path if "://" in location else location)
         try:

@@ -1,0 +1,169 @@
+"""Real servers for the team-store and cluster tests: Debian's PostgreSQL in a throwaway
+cluster, MLflow's tracking server with basic auth on it, and a two-node Ray cluster. Each runs
+in its own process group and is stopped with it; none reads or writes the user's home."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import free_port
+
+ADMIN, ADMIN_PASSWORD = "admin", "admin-password-for-tests"
+
+
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL binaries (`apt-get install postgresql`), newest version first."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    return found[0].parent if found else None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: there, its commands run as Debian's `postgres`."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@contextmanager
+def postgres():
+    """A new PostgreSQL cluster in a temporary folder (removed afterwards) on a free 127.0.0.1
+    port, trust authentication, with an empty database `mlflow`; yields its SQLAlchemy URI
+    (psycopg 3)."""
+    binaries = postgres_bin()
+    assert binaries, "PostgreSQL is not installed (apt-get install postgresql)"
+    data = Path(tempfile.mkdtemp(prefix="digitcnn-postgres-"))  # /tmp: reachable as postgres
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("postgres")
+        os.chown(data, account.pw_uid, account.pw_gid)
+    port = free_port()
+    run = {"check": True, "capture_output": True, "text": True}
+    subprocess.run(
+        _as_postgres([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
+        **run,
+    )
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    ctl = [str(binaries / "pg_ctl"), "-D", str(data), "-l", str(data / "log")]
+    subprocess.run(_as_postgres([*ctl, "-o", options, "-w", "start"]), **run)
+    try:
+        subprocess.run(
+            [
+                str(binaries / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "mlflow",
+            ],
+            **run,
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(_as_postgres([*ctl, "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+class TeamServer:
+    """`python -m digitcnn.team_server` on a PostgreSQL store, as docs/team.md starts it."""
+
+    def __init__(self, store_uri: str, artifacts: Path, log_file: Path) -> None:
+        self.store_uri, self.artifacts, self.log_file = store_uri, artifacts, log_file
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        return env | {
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-secret-key-for-tests",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+
+    def start(self, timeout: float = 120) -> None:
+        with open(self.log_file, "a") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "digitcnn.team_server",
+                    "--store",
+                    self.store_uri,
+                    "--artifacts",
+                    str(self.artifacts),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "2",
+                ],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not _answers(f"{self.url}/health"):
+            assert self.process.poll() is None, self.log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{self.url} did not answer"
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def api(
+        self,
+        endpoint: str,
+        payload: dict,
+        user: str = ADMIN,
+        password: str = ADMIN_PASSWORD,
+        method: str = "POST",
+    ) -> dict:
+        """Call the server's REST API as `user` (the auth app's user and permission routes)."""
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = urllib.request.Request(
+            f"{self.url}/api/2.0/mlflow/{endpoint}",
+            data=json.dumps(payload).encode(),
+            method=method,
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{endpoint}: {exc.code} {exc.read().decode()[:500]}") from None
+        return json.loads(body) if body else {}
+
+    def add_user(self, name: str, password: str) -> None:
+        self.api("users/create", {"username": name, "password": password})
+
+
+def ray_bin() -> str:
+    return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"

@@ -1,0 +1,115 @@
+"""A team's store: MLflow's server with basic auth on a real PostgreSQL (Debian's), artifacts
+served by the server. Users, permissions and the server are real; nothing is mocked."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import failure_report, run_cli
+from tests.servers import ADMIN, ADMIN_PASSWORD, TeamServer, postgres, postgres_bin
+
+pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="apt-get install postgresql")
+
+ALICE, ALICE_PASSWORD = "alice", "alice-password-4711"
+BOB, BOB_PASSWORD = "bob", "bob-password-0815"
+SHORT = ["dataset=digits", "trainer.epochs=1", "trainer=fast"]
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """One PostgreSQL and one team server for the module; alice and bob are users (default
+    permission READ: each may read, not write, the other's experiments)."""
+    folder = tmp_path_factory.mktemp("team")
+    with postgres() as store:
+        server = TeamServer(store, folder / "served-artifacts", folder / "server.log")
+        server.start()
+        try:
+            server.add_user(ALICE, ALICE_PASSWORD)
+            server.add_user(BOB, BOB_PASSWORD)
+            yield server
+        finally:
+            server.stop()
+
+
+def as_user(user: str, password: str) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def client(team: TeamServer, user: str, password: str, monkeypatch) -> MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    return MlflowClient(team.url)
+
+
+def runs_in(team: TeamServer, experiment: str, monkeypatch) -> list:
+    admin = client(team, ADMIN, ADMIN_PASSWORD, monkeypatch)
+    found = admin.get_experiment_by_name(experiment)
+    return admin.search_runs([found.experiment_id]) if found else []
+
+
+def test_a_run_on_the_team_server_keeps_its_artifacts_there(team, tmp_path, monkeypatch):
+    proc = run_cli(
+        tmp_path / "alice-laptop",
+        *SHORT,
+        f"tracking.uri={team.url}",
+        "tracking.experiment=alice-digits",
+        env=as_user(ALICE, ALICE_PASSWORD),
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    shutil.rmtree(tmp_path / "alice-laptop")  # the launching machine's folder is gone
+
+    (run,) = runs_in(team, "alice-digits", monkeypatch)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    bob = client(team, BOB, BOB_PASSWORD, monkeypatch)  # READ: may open a teammate's run
+    names = {a.path for a in bob.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "config", "logs"} <= names
+    downloaded = Path(bob.download_artifacts(run.info.run_id, "", str(tmp_path / "bob")))
+    assert (downloaded / "confusion_matrix.png").stat().st_size > 1000
+    mlflow.set_tracking_uri(team.url)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.metadata.signature is not None
+
+    # The password is nowhere in the record: params, tags, any text artifact.
+    record = [*run.data.params.values(), *run.data.tags.values()]
+    record += [p.read_text(errors="ignore") for p in downloaded.rglob("*") if p.is_file()]
+    assert not [text for text in record if ALICE_PASSWORD in text]
+    assert ALICE_PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_a_wrong_password_is_one_line_before_any_data_or_run(team, tmp_path, monkeypatch):
+    proc = run_cli(
+        tmp_path,
+        *SHORT,
+        f"tracking.uri={team.url}",
+        "tracking.experiment=wrong-password",
+        env=as_user(ALICE, "not-alices-password"),
+    )
+    assert proc.returncode == 2, failure_report(proc)
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and "MLFLOW_TRACKING_PASSWORD" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "data      " not in proc.stderr  # none loaded
+    assert "not-alices-password" not in proc.stdout + proc.stderr
+    assert runs_in(team, "wrong-password", monkeypatch) == []
+
+
+def test_read_permission_cannot_write_into_a_teammates_experiment(team, tmp_path, monkeypatch):
+    alice = client(team, ALICE, ALICE_PASSWORD, monkeypatch)
+    alice.create_experiment("alice-only")  # alice MANAGEs it; bob has the default READ
+    proc = run_cli(
+        tmp_path,
+        *SHORT,
+        f"tracking.uri={team.url}",
+        "tracking.experiment=alice-only",
+        env=as_user(BOB, BOB_PASSWORD),
+    )
+    assert proc.returncode == 2, failure_report(proc)
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "tracking.experiment='alice-only'" in errors[0] and BOB in errors[0], errors[0]
+    assert runs_in(team, "alice-only", monkeypatch) == []
