@@ -92,6 +92,8 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
 
     with timings.measure("mlflow_preflight_seconds"):
         store = tracking.preflight(typed.tracking)
+        if parent_run_id is None and hydra_cfg.mode == RunMode.MULTIRUN:
+            parent_run_id = tracking.find_parent_run(store, str(Path(hydra_cfg.sweep.dir)))
     threads = _thread_share(typed.trainer, hydra_cfg)
     checkpoint = source.checkpoint
     # A resumed run draws fresh backend randomness for its later epochs.
@@ -165,6 +167,19 @@ def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | No
     }
     if parent:
         tags["sweep.job"] = str(hydra_cfg.job.num)
+    return tags | _node_tags()
+
+
+def _node_tags() -> dict[str, str]:
+    """The machine that ran the job: its host name, and its Ray node inside a Ray worker."""
+    import socket
+
+    tags = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")  # imported only where a Ray launcher runs the job
+    if ray is not None and ray.is_initialized():
+        context = ray.get_runtime_context()
+        tags["ray.node_id"] = context.get_node_id()
+        tags["ray.node_ip"] = ray.util.get_node_ip_address()
     return tags
 
 
@@ -325,9 +340,13 @@ def _parent_run_id(hydra_cfg) -> str | None:
 
 def _thread_share(trainer: TrainerConfig, hydra_cfg) -> tuple[int, int]:
     """(intra, inter) op threads: as configured, or this job's share of the CPUs when a
-    launcher runs several jobs at once (2 jobs on 2 cores: 1 thread each)."""
+    launcher runs several jobs at once (2 jobs on 2 cores: 1 thread each; on Ray the CPUs
+    each job reserves)."""
     if trainer.intra_op_threads or trainer.inter_op_threads:
         return trainer.intra_op_threads, trainer.inter_op_threads
+    reserved = OmegaConf.select(hydra_cfg.launcher, "ray.remote.num_cpus")
+    if reserved:
+        return max(1, int(reserved)), 1
     parallel = int(hydra_cfg.launcher.get("n_jobs") or 1)
     if parallel <= 1:
         return 0, 0

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +20,9 @@ from digitcnn.config import register_configs
 from digitcnn.errors import InputError
 
 register_configs()
+# conf/hydra/launcher/ray.yaml sets the Ray launcher's defaults and is checked against the
+# plugin's schema of the same name; Hydra 1.3 still does that, with a deprecation notice.
+warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
 log = logging.getLogger("digitcnn")
 _LOADED = time.perf_counter()  # from here to the task function: Hydra's parsing and composition
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +17,29 @@ def quiet_mlflow() -> None:
     carry the credentials of a tracking URI); a user's own settings win."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+_SECRET_SETTING = re.compile(
+    r"""(\w*(?:PASSWORD|SECRET|TOKEN)\w*['"]?\s*[:=]\s*)(?:'[^']*'|"[^"]*"|[^\s,}]+)""", re.I
+)
+
+
+class SecretsHidden(logging.Filter):
+    """Masks the value of every `...PASSWORD`/`...SECRET`/`...TOKEN` setting in a log line:
+    the Ray launcher logs the `ray.init` settings, whose runtime environment carries the
+    tracking server's credentials to the workers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = _SECRET_SETTING.sub(r"\1'***'", message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+def hide_secrets_in_logs(*loggers: str) -> None:
+    for name in loggers:
+        logging.getLogger(name).addFilter(SecretsHidden())
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from digitcnn.backends import select_backend
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
-from digitcnn.runtime import import_keras_quietly
+from digitcnn.runtime import hide_secrets_in_logs, import_keras_quietly
 
 log = logging.getLogger("digitcnn.sweep")
 
@@ -41,6 +41,8 @@ class MlflowSweepCallback(Callback):
     """Opens and closes the parent run of a multirun; does nothing for a single run."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The Ray launcher logs its `ray.init` settings, credentials for the workers included.
+        hide_secrets_in_logs("hydra_plugins.hydra_ray_launcher._launcher_util")
         try:
             self._open_parent(config)
         except InputError as exc:  # Hydra would turn an exception here into a warning

@@ -167,3 +167,62 @@ class TeamServer:
 
 def ray_bin() -> str:
     return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+
+
+class RayCluster:
+    """A head node and `workers` more nodes on this machine, each with `cpus` CPUs, started as
+    a user starts them (`ray start --head`, `ray start --address=HEAD:PORT`), each in the
+    foreground (`--block`) in its own process group so that it can be stopped alone."""
+
+    def __init__(self, home: Path, cpus: int = 1) -> None:
+        # Ray's socket paths must stay short: its temporary folder is directly under /tmp.
+        self.temp = Path(tempfile.mkdtemp(prefix="ray-"))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.cpus = cpus
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+        self.env |= {"HOME": str(home), "RAY_TMPDIR": str(self.temp)}
+        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+        self.nodes: list[subprocess.Popen] = []
+
+    def _start(self, *args: str) -> subprocess.Popen:
+        common = ["--block", "--num-cpus", str(self.cpus), "--object-store-memory", "100000000"]
+        node = subprocess.Popen(
+            [ray_bin(), "start", *args, *common],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.nodes.append(node)
+        return node
+
+    def nodes_alive(self) -> int:
+        probe = subprocess.run(
+            [sys.executable, "-c",
+             "import ray; ray.init(address='auto', logging_level='ERROR');"
+             "print(sum(n['Alive'] for n in ray.nodes()))"],
+            env=self.env | {"RAY_ADDRESS": self.address},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return int(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else 0
+
+    def start(self, workers: int = 1, timeout: float = 120) -> None:
+        self._start("--head", "--port", str(self.port), "--include-dashboard", "false")
+        for _ in range(workers):
+            self._start("--address", self.address)
+        deadline = time.monotonic() + timeout
+        while self.nodes_alive() < 1 + workers:
+            assert all(n.poll() is None for n in self.nodes), "a Ray node exited"
+            assert time.monotonic() < deadline, "the Ray nodes did not come up"
+            time.sleep(1)
+
+    def stop_node(self, node: subprocess.Popen) -> None:
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            self.stop_node(node)
+        shutil.rmtree(self.temp, ignore_errors=True)

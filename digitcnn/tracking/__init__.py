@@ -22,6 +22,7 @@ from digitcnn.tracking.store import (
 from digitcnn.tracking.sweeps import (
     CHAMPION,
     end_parent_run,
+    find_parent_run,
     has_child,
     open_parent_run,
     record_failed_run,
@@ -36,6 +37,7 @@ __all__ = [
     "Store",
     "client_for",
     "end_parent_run",
+    "find_parent_run",
     "flatten",
     "git_state",
     "has_child",

@@ -16,9 +16,22 @@ from digitcnn.tracking.store import Store, client_for
 
 def open_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
     """Create a sweep's parent run (left RUNNING until `end_parent_run`); returns its id."""
-    client, experiment_id, _ = client_for(cfg)
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    store = client_for(cfg)
+    run = store.client.create_run(store.experiment_id, run_name=run_name, tags=dict(tags))
     return run.info.run_id
+
+
+def find_parent_run(store: Store, sweep_dir: str) -> str | None:
+    """The parent run of the sweep whose folder is `sweep_dir`, found by its tag: for a job on
+    a machine that does not share the sweep folder (a Ray worker node)."""
+    quoted = sweep_dir.replace("'", "\\'")
+    found = store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.`sweep.dir` = '{quoted}'",
+        order_by=["start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
 
 
 def sweep_records(cfg: TrackingConfig, parent_run_id: str) -> tuple[Recorder, list[JobRecord]]:
