@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from digitcnn import resume
 from digitcnn.backends import (
     CompilationCache,
     device_name,
@@ -63,6 +64,10 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     select_backend(cfg.backend)  # before anything imports Keras
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if in_sweep and cfg.resume:  # it names the sweep, whose parent run the callback reopened
+        cfg = cfg.copy()
+        cfg.resume = None
     source = job_source(cfg, overrides)  # resume=/rerun= swap in a recorded config
     cfg = source.cfg
     typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
@@ -92,8 +97,22 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
 
     with timings.measure("mlflow_preflight_seconds"):
         store = tracking.preflight(typed.tracking)
-        if parent_run_id is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        if parent_run_id is None and in_sweep:
             parent_run_id = tracking.find_parent_run(store, str(Path(hydra_cfg.sweep.dir)))
+    if parent_run_id:
+        attempt = tracking.earlier_attempt(store, parent_run_id, overrides)
+        if attempt is not None and attempt.info.status == "FINISHED":
+            log.info("job done already, in run %s: not run again", attempt.info.run_id)
+            return float(attempt.data.metrics.get(typed.objective, float("nan")))
+        continued = resume.continue_attempt(attempt) if attempt is not None else None
+        if continued is not None:
+            source, cfg = continued, continued.cfg
+            typed = to_typed(cfg)
+            trainer, tuning = settings_for(typed.trainer, typed.backend)
+            typed = dataclasses.replace(typed, trainer=trainer)
+        elif attempt is not None:
+            log.info("earlier attempt %s has no checkpoint: starting over", attempt.info.run_id)
+            tracking.supersede(store, attempt.info.run_id)
     threads = _thread_share(typed.trainer, hydra_cfg)
     checkpoint = source.checkpoint
     # A resumed run draws fresh backend randomness for its later epochs.

@@ -103,9 +103,28 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> JobSource:
             f"{checkpoint.epoch} epochs; give more to continue"
         )
     # Equal and not finished: stopped while testing and recording; that is what is left.
+    return _continued(saved, folder, checkpoint)
+
+
+def _continued(saved: DictConfig, folder: Path, checkpoint: Checkpoint) -> JobSource:
     saved.paths.output_dir = str(folder)  # checkpoints go on in the run's own folder
     saved.resume = None
     return JobSource(schema_config(saved), checkpoint=checkpoint)
+
+
+def continue_attempt(run) -> JobSource | None:
+    """A sweep job's earlier, unfinished attempt (an MLflow run), continued from its last
+    checkpoint; None when it has none here (no epoch finished, or its folder is on a machine
+    that is gone)."""
+    from digitcnn.checkpoint import read_checkpoint
+
+    folder = Path(run.data.tags.get("hydra.output_dir", "/nonexistent"))
+    checkpoint = read_checkpoint(folder) if folder.is_dir() else None
+    if checkpoint is None or checkpoint.run_id != run.info.run_id:
+        return None
+    if not (folder / RESOLVED_CONFIG).is_file():
+        return None
+    return _continued(OmegaConf.load(folder / RESOLVED_CONFIG), folder, checkpoint)
 
 
 def _rerun(cfg: DictConfig, overrides: list[str]) -> JobSource:

@@ -33,6 +33,23 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def _sweep_to_resume(store, target: str) -> str:
+    """The parent run named by `resume=` in a sweep: its id, or the sweep's folder."""
+    folder = Path(target).expanduser()
+    if (folder / PARENT_RUN_FILE).is_file():
+        return (folder / PARENT_RUN_FILE).read_text().strip()
+    try:
+        run = store.client.get_run(target)
+    except Exception:  # MLflow raises its own errors for unknown or malformed ids
+        run = None
+    if run is None or "sweep.dir" not in run.data.tags:
+        raise InputError(
+            f"resume={target!r} is neither a sweep's folder nor its parent run: a sweep resumes "
+            "from the parent run id it printed, or from its multirun/... folder"
+        )
+    return run.info.run_id
+
+
 def _tracking(config: DictConfig) -> TrackingConfig:
     return OmegaConf.to_object(config.tracking)
 
@@ -67,8 +84,12 @@ class MlflowSweepCallback(Callback):
             "sweep.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
             "sweep.objective": config.objective,
         }
-        tracking.preflight(_tracking(config))
-        run_id = tracking.open_parent_run(_tracking(config), name, tags)
+        store = tracking.preflight(_tracking(config))
+        if config.resume:
+            run_id = _sweep_to_resume(store, config.resume)
+            tracking.reopen_parent_run(_tracking(config), run_id)
+        else:
+            run_id = tracking.open_parent_run(_tracking(config), name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
         log.info("sweep parent run %s (%s)", run_id, name)

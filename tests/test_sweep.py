@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -133,3 +135,62 @@ def test_two_sweeps_started_together_get_their_own_folders(tmp_path):
     dirs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(d.startswith(str(tmp_path / "multirun")) for d in dirs)
     assert dirs[0] != dirs[1]
+
+
+def test_a_killed_sweep_resumes_into_its_parent_and_skips_finished_jobs(tmp_path):
+    """SIGKILL a sweep once a job has finished and the next has a checkpoint, then resume it
+    from its folder: the finished job is not run again, the interrupted one goes on from its
+    checkpoint in its own run, the parent closes with every job once."""
+    sweep = [*QUICK, "trainer.epochs=3", "seed=1,2,3"]
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "digitcnn.run", "-m", *sweep],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client = None
+    deadline = time.monotonic() + 300
+    while killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            client, parent, children = sweep_runs(tmp_path)
+        except (AttributeError, ValueError):  # no experiment or no parent yet
+            continue
+        running = [c for c in children if c.info.status == "RUNNING"]
+        checkpointed = [
+            c
+            for c in running
+            if (Path(c.data.tags["hydra.output_dir"]) / "checkpoint" / "state.json").is_file()
+        ]
+        if any(c.info.status == "FINISHED" for c in children) and checkpointed:
+            break
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert client is not None, "the sweep recorded nothing before it was killed"
+    _, parent, before = sweep_runs(tmp_path)
+    assert parent.info.status == "RUNNING"  # what a SIGKILL leaves
+    done_before = {c.info.run_id for c in before if c.info.status == "FINISHED"}
+    interrupted = {c.info.run_id for c in before if c.info.status == "RUNNING"}
+    assert 1 <= len(done_before) < 3 and len(interrupted) == 1
+
+    (folder,) = (tmp_path / "multirun").glob("*/*")
+    proc = run_cli(tmp_path, "-m", *sweep, f"resume={folder}")
+    assert proc.returncode == 0, failure_report(proc)
+    assert proc.stderr.count("not run again") == len(done_before)
+
+    client, parent_after, children = sweep_runs(tmp_path)
+    assert parent_after.info.run_id == parent.info.run_id
+    assert parent_after.info.status == "FINISHED"
+    assert parent_after.data.tags["sweep.resumed"] == "1"
+    assert parent_after.data.metrics["jobs"] == 3 and parent_after.data.metrics["jobs_failed"] == 0
+    counted = [c for c in children if c.data.tags.get("sweep.superseded") != "true"]
+    assert sorted(c.data.params["seed"] for c in counted) == ["1", "2", "3"]  # each once
+    assert all(c.info.status == "FINISHED" for c in counted)
+    assert done_before <= {c.info.run_id for c in counted}  # kept, not run again
+    (continued,) = [c for c in counted if c.info.run_id in interrupted]
+    assert "resumed_after_epoch" in continued.data.tags
+    history = client.get_metric_history(continued.info.run_id, "val_accuracy")
+    assert sorted({m.step for m in history}) == [1, 2, 3]
+    assert all(c.info.status == "KILLED" for c in children if c not in counted)

@@ -21,12 +21,15 @@ from digitcnn.tracking.store import (
 )
 from digitcnn.tracking.sweeps import (
     CHAMPION,
+    earlier_attempt,
     end_parent_run,
     find_parent_run,
     has_child,
     open_parent_run,
     record_failed_run,
+    reopen_parent_run,
     set_champion,
+    supersede,
     sweep_records,
 )
 
@@ -36,6 +39,7 @@ __all__ = [
     "Recorder",
     "Store",
     "client_for",
+    "earlier_attempt",
     "end_parent_run",
     "find_parent_run",
     "flatten",
@@ -48,7 +52,9 @@ __all__ = [
     "preflight",
     "record_failed_run",
     "redact",
+    "reopen_parent_run",
     "set_champion",
+    "supersede",
     "sweep_records",
     "tracked_run",
     "tracking_client",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,15 +35,59 @@ def find_parent_run(store: Store, sweep_dir: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
+SUPERSEDED = "sweep.superseded"  # tag of an attempt that a later attempt of its job replaced
+
+
+def _children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """A sweep's child runs, those replaced by a later attempt of their job left out."""
+    children = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=50_000,
+    )
+    return [run for run in children if run.data.tags.get(SUPERSEDED) != "true"]
+
+
+def job_key(overrides: list[str]) -> list[str]:
+    """What identifies a sweep's job across attempts: its overrides, less `resume=`."""
+    return sorted(o for o in overrides if not o.startswith(("resume=", "hydra.")))
+
+
+def earlier_attempt(store: Store, parent_run_id: str, overrides: list[str]) -> Run | None:
+    """The run an earlier attempt of this job left under the sweep's parent (a sweep killed and
+    resumed, or a job that Ray ran again after its node died): a FINISHED one first, else the
+    latest."""
+    key = job_key(overrides)
+    same = [
+        run
+        for run in _children(store.client, store.experiment_id, parent_run_id)
+        if job_key(json.loads(run.data.tags.get("overrides", "[]"))) == key
+    ]
+    same.sort(key=lambda run: (run.info.status == "FINISHED", run.info.start_time or 0))
+    return same[-1] if same else None
+
+
+def supersede(store: Store, run_id: str) -> None:
+    """Close an earlier attempt that cannot be continued (no epoch finished): KILLED, tagged;
+    the sweep's summary counts the attempt that replaces it."""
+    store.client.set_tag(run_id, SUPERSEDED, "true")
+    store.client.set_terminated(run_id, "KILLED")
+
+
+def reopen_parent_run(cfg: TrackingConfig, run_id: str) -> None:
+    """A resumed sweep records into its first parent run, open again until the sweep ends."""
+    client = client_for(cfg).client
+    run = client.get_run(run_id)
+    resumed = int(run.data.tags.get("sweep.resumed", "0")) + 1
+    client.set_tag(run_id, "sweep.resumed", str(resumed))
+    client.update_run(run_id, status="RUNNING")
+
+
 def sweep_records(cfg: TrackingConfig, parent_run_id: str) -> tuple[Recorder, list[JobRecord]]:
     """A recorder on the parent run and what each of its child runs recorded."""
     client = client_for(cfg).client
     parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-        max_results=50_000,
-    )
+    children = _children(client, parent.info.experiment_id, parent_run_id)
     records = [
         JobRecord(
             job=int(run.data.tags.get("sweep.job", -1)),
@@ -66,9 +111,9 @@ def _from_job_config(cfg: DictConfig) -> Store:
 
 def has_child(cfg: DictConfig, parent_run_id: str, job: int) -> bool:
     """Whether sweep job `job` already has a run under `parent_run_id`."""
-    client, experiment_id, _ = _from_job_config(cfg)
-    found = client.search_runs(
-        [experiment_id],
+    store = _from_job_config(cfg)
+    found = store.client.search_runs(
+        [store.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`sweep.job` = '{job}'",
         max_results=1,
     )
@@ -79,11 +124,13 @@ def record_failed_run(
     cfg: DictConfig, run_name: str, tags: Mapping[str, str], parent_run_id: str
 ) -> None:
     """A FAILED child run for a sweep job that failed before its own run opened."""
-    client, experiment_id, _ = _from_job_config(cfg)
-    run = client.create_run(
-        experiment_id, run_name=run_name, tags={**tags, "mlflow.parentRunId": parent_run_id}
+    store = _from_job_config(cfg)
+    run = store.client.create_run(
+        store.experiment_id,
+        run_name=run_name,
+        tags={**tags, "mlflow.parentRunId": parent_run_id},
     )
-    client.set_terminated(run.info.run_id, "FAILED")
+    store.client.set_terminated(run.info.run_id, "FAILED")
 
 
 CHAMPION = "champion"
