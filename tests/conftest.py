@@ -136,7 +136,11 @@ def store_uri(root: Path) -> str:
 
 
 def client_for(root: Path) -> MlflowClient:
-    return MlflowClient(store_uri(root))
+    """A client on the store under `root`; made under the store's lock, as digitcnn makes its
+    own, so that a test looking at a store that a running command creates cannot race it."""
+    from digitcnn.tracking import tracking_client
+
+    return tracking_client(store_uri(root))
 
 
 def runs_of(root: Path, experiment: str) -> list:

@@ -197,15 +197,24 @@ class RayCluster:
         self.nodes.append(node)
         return node
 
-    def nodes_alive(self) -> int:
+    def _ask(self, expression: str) -> str | None:
+        """Evaluate `expression` in a driver connected to the cluster (`ray` imported)."""
         probe = subprocess.run(
             [sys.executable, "-c",
              "import ray; ray.init(address='auto', logging_level='ERROR');"
-             "print(sum(n['Alive'] for n in ray.nodes()))"],
+             f"print({expression})"],
             env=self.env | {"RAY_ADDRESS": self.address},
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        return int(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else 0
+        return probe.stdout.strip().splitlines()[-1] if probe.returncode == 0 else None
+
+    def nodes_alive(self) -> int:
+        return int(self._ask("sum(n['Alive'] for n in ray.nodes())") or 0)
+
+    def head_node_id(self) -> str:
+        return self._ask(
+            "[n['NodeID'] for n in ray.nodes() if 'node:__internal_head__' in n['Resources']][0]"
+        )
 
     def start(self, workers: int = 1, timeout: float = 120) -> None:
         self._start("--head", "--port", str(self.port), "--include-dashboard", "false")

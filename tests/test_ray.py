@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import failure_report, run_cli, runs_of
+from tests.conftest import cli_env, client_for, failure_report, run_cli, runs_of
 from tests.servers import RayCluster
 
 SHORT = ["dataset=digits", "trainer.epochs=1"]
@@ -48,3 +53,56 @@ def test_a_sweep_runs_its_jobs_on_the_clusters_nodes(cluster, tmp_path):
     # One CPU per node and one per job: the two jobs ran at once, one on each node.
     assert len({c.data.tags["ray.node_id"] for c in children}) == 2
     assert all(c.data.params["derived.intra_op_threads"] == "1" for c in children)
+
+
+def test_a_node_that_dies_mid_sweep_costs_no_job_and_no_duplicate(tmp_path_factory, tmp_path):
+    """Stop the second node while its job trains: Ray runs the job again on the head, which
+    continues the job's run from its last checkpoint; the sweep ends with each job once."""
+    ray = RayCluster(tmp_path_factory.mktemp("ray-home"), cpus=1)
+    try:
+        ray.start(workers=1)
+        head = ray.head_node_id()
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "digitcnn.run", "-m", "hydra/launcher=ray",
+             "dataset=digits", "trainer.epochs=8", "seed=1,2"],
+            cwd=tmp_path,
+            env=cli_env(tmp_path) | {"RAY_ADDRESS": ray.address, "RAY_TMPDIR": str(ray.temp)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while True:
+            assert sweep.poll() is None and time.monotonic() < deadline, "no job to interrupt"
+            time.sleep(0.3)
+            _, children = children_and_parent(tmp_path) if _has_runs(tmp_path) else (None, [])
+            on_worker = [
+                c
+                for c in children
+                if c.data.tags.get("ray.node_id") not in (None, head)
+                and c.info.status == "RUNNING"
+                and _checkpointed(c)
+            ]
+            if on_worker:
+                break
+        ray.stop_node(ray.nodes[1])  # the second node, mid-job
+        output, _ = sweep.communicate(timeout=600)
+    finally:
+        ray.stop()
+    assert sweep.returncode == 0, output[-4000:]
+    (parent,), children = children_and_parent(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 2
+    counted = [c for c in children if c.data.tags.get("sweep.superseded") != "true"]
+    assert sorted(c.data.params["seed"] for c in counted) == ["1", "2"]
+    assert all(c.info.status == "FINISHED" for c in counted)
+    (interrupted,) = [c for c in counted if c.info.run_id == on_worker[0].info.run_id]
+    assert "resumed_after_epoch" in interrupted.data.tags
+
+
+def _has_runs(root) -> bool:
+    return (root / "mlruns" / "mlflow.db").is_file() and bool(
+        client_for(root).get_experiment_by_name("digitcnn")
+    )
+
+
+def _checkpointed(run) -> bool:
+    folder = Path(run.data.tags["hydra.output_dir"])
+    return (folder / "checkpoint" / "state.json").is_file()
