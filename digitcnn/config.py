@@ -229,9 +229,11 @@ class TrackingConfig(_Checked):
     run_name: str | None = None  # null = named from the overrides
     log_model: bool = True  # log the trained model with the run
     register_as: str | None = None  # also register it as a version of this model name
+    outage_limit_seconds: float = 900  # how long records wait for a server that is away
 
     def __post_init__(self) -> None:
         self._require("experiment", bool(self.experiment.strip()), "a non-empty name")
+        self._require("outage_limit_seconds", self.outage_limit_seconds >= 0, "0 or more")
 
 
 @dataclass

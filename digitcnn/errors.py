@@ -19,3 +19,7 @@ class ConfigValueError(InputError, ValueError):
 
 class DataError(InputError):
     """A data file that is missing, unreadable, malformed or not the expected content."""
+
+
+class TrackingUnavailable(InputError):
+    """The tracking server stayed unreachable past `tracking.outage_limit_seconds`."""

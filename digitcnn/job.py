@@ -9,6 +9,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,17 +140,22 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     tags = _tags(typed, data, overrides, hydra_cfg, parent_run_id)
     if source.rerun_of:
         tags["rerun_of"] = source.rerun_of
-    with tracking.tracked_run(
-        store,
-        _run_name(typed, overrides),
-        tags,
-        parent_run_id,
-        run_id=checkpoint.run_id if checkpoint else None,
-    ) as recorder:
+    with (
+        _outage_explained(output_dir),
+        tracking.tracked_run(
+            store,
+            _run_name(typed, overrides),
+            tags,
+            parent_run_id,
+            run_id=checkpoint.run_id if checkpoint else None,
+            outage_limit=typed.tracking.outage_limit_seconds,
+        ) as recorder,
+    ):
         if typed.tracking.log_model:
             recorder.prepare_model_logging()
         if checkpoint:
             recorder.log_tags({"resumed_after_epoch": checkpoint.epoch})
+            recorder.log_missing_epochs(checkpoint.history)  # waiting when a server went away
         else:
             recorder.log_params(_params(cfg, typed, model, data, threads, tuning))
             recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
@@ -162,6 +169,20 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     timings.set("job_seconds", time.perf_counter() - job_started)
     timings.write(output_dir / "timings.json")
     return float(history[typed.objective][-1])
+
+
+@contextmanager
+def _outage_explained(output_dir: Path) -> Iterator[None]:
+    """A tracking server that stayed away: say where the work is and how to record it."""
+    from digitcnn.errors import TrackingUnavailable
+
+    try:
+        yield
+    except TrackingUnavailable as exc:
+        raise TrackingUnavailable(
+            f"{exc}; the trained epochs are checkpointed in {output_dir}: once the server is "
+            f"back, `python -m digitcnn.run resume={output_dir}` records them"
+        ) from None
 
 
 def _import_libraries(tracking_uri: str) -> None:
@@ -319,7 +340,7 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
         data,
         typed.optimizer,
         typed.trainer,
-        [tracking.EpochMetricsLogger(recorder), saver],
+        [saver, tracking.EpochMetricsLogger(recorder)],  # the checkpoint first, always
         initial_epoch=done,
         seed=typed.seed + done,
     )

@@ -76,10 +76,10 @@ def image_files(inputs: str) -> list[Path]:
 
 def load_model(uri: str, tracking_uri: str | None):
     """The pyfunc model at `uri`, and the (height, width) its signature takes."""
-    from digitcnn.runtime import import_keras_quietly, quiet_mlflow
+    from digitcnn.runtime import import_keras_quietly, mlflow_defaults
 
     import_keras_quietly()
-    quiet_mlflow()
+    mlflow_defaults()
     import mlflow
 
     mlflow.set_tracking_uri(

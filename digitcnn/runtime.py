@@ -12,11 +12,15 @@ from contextlib import contextmanager
 from importlib import import_module
 
 
-def quiet_mlflow() -> None:
-    """No progress bars from MLflow's artifact transfers, and no run URL printed (it would
-    carry the credentials of a tracking URI); a user's own settings win."""
+def mlflow_defaults() -> None:
+    """No progress bars from MLflow's artifact transfers, no run URL printed (it would carry
+    the credentials of a tracking URI), and short HTTP retries: a call to a tracking server
+    that is away fails in seconds, and digitcnn's recorder decides how long to wait for it
+    (`tracking.outage_limit_seconds`). A user's own settings win."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 _SECRET_SETTING = re.compile(

@@ -3,15 +3,19 @@ served by the server. Users, permissions and the server are real; nothing is moc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import failure_report, run_cli
+from tests.conftest import cli_env, failure_report, run_cli
 from tests.servers import ADMIN, ADMIN_PASSWORD, TeamServer, postgres, postgres_bin
 
 # Skipped where PostgreSQL is missing, except in CI (.ci/run installs it): there it must run.
@@ -117,3 +121,79 @@ def test_read_permission_cannot_write_into_a_teammates_experiment(team, tmp_path
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "tracking.experiment='alice-only'" in errors[0] and BOB in errors[0], errors[0]
     assert runs_in(team, "alice-only", monkeypatch) == []
+
+
+def _start_training(team: TeamServer, root: Path, experiment: str, *extra: str):
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitcnn.run", "dataset=digits", "trainer=fast",
+         "trainer.epochs=12", f"tracking.uri={team.url}", f"tracking.experiment={experiment}",
+         *extra],
+        cwd=root,
+        env=cli_env(root) | as_user(ALICE, ALICE_PASSWORD),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _after_first_epoch(team: TeamServer, experiment: str, job, monkeypatch):
+    """The run, once the server holds its first epoch's metrics."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and job.poll() is None:
+        runs = runs_in(team, experiment, monkeypatch)
+        if runs and "loss" in runs[0].data.metrics:
+            return runs[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no epoch recorded: {job.communicate()[0][-3000:]}")
+
+
+def _epochs(team: TeamServer, run_id: str, monkeypatch) -> list[int]:
+    admin = client(team, ADMIN, ADMIN_PASSWORD, monkeypatch)
+    return sorted(m.step for m in admin.get_metric_history(run_id, "val_accuracy"))
+
+
+def test_a_server_restart_mid_run_costs_nothing(team, tmp_path, monkeypatch):
+    """The server stops after the first epoch and is back about 15 s later: training goes on,
+    the waiting records are written when it returns, the run finishes with every epoch."""
+    job = _start_training(team, tmp_path, "restart")
+    run = _after_first_epoch(team, "restart", job, monkeypatch)
+    team.stop()
+    time.sleep(8)
+    team.start()
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, output[-3000:]
+    assert "tracking server unreachable" in output and "tracking server back" in output
+    (run,) = runs_in(team, "restart", monkeypatch)
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 13))
+
+
+def test_a_server_away_past_the_bound_ends_the_run_for_resume(team, tmp_path, monkeypatch):
+    """Away longer than tracking.outage_limit_seconds: training still finishes and checkpoints,
+    the command ends with one line naming the bound and the resume command; resume= then
+    writes what was waiting and closes the run FINISHED."""
+    job = _start_training(team, tmp_path, "outage", "tracking.outage_limit_seconds=10")
+    run = _after_first_epoch(team, "outage", job, monkeypatch)
+    team.stop()
+    try:
+        output, _ = job.communicate(timeout=300)
+    finally:
+        team.start()
+    assert job.returncode == 2, output[-3000:]
+    errors = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "tracking.outage_limit_seconds" in errors[0], output[-3000:]
+    assert "Traceback" not in output
+    folder = Path(run.data.tags["hydra.output_dir"])
+    state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 12  # training did not wait for the server
+    assert f"resume={folder}" in errors[0]
+
+    proc = run_cli(
+        tmp_path,
+        f"resume={folder}",
+        f"tracking.uri={team.url}",
+        "tracking.experiment=outage",
+        env=as_user(ALICE, ALICE_PASSWORD),
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    (run,) = runs_in(team, "outage", monkeypatch)
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 13))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
+import re
 import tempfile
 import threading
 import time
@@ -22,7 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 
-from digitcnn.errors import InputError
+from digitcnn.errors import InputError, TrackingUnavailable
 from digitcnn.tracking.store import Store, refusal
 
 log = logging.getLogger(__name__)
@@ -36,13 +39,121 @@ def _is_duplicate_key(exc: Exception) -> bool:
     return "unique constraint" in message or "duplicate" in message
 
 
-class Recorder:
-    """Writes one open MLflow run; created by `tracked_run`."""
+_UNREACHABLE = re.compile(
+    r"max retries exceeded|connection (refused|reset|aborted)|timed? ?out|"
+    r"error code (502|503|504)|remote end closed|name or service not known",
+    re.I,
+)
 
-    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str) -> None:
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the tracking server could not be reached (down, restarting, a
+    network blip), as opposed to refusing or failing the request."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, Exception) and bool(_UNREACHABLE.search(str(exc)))
+
+
+class Recorder:
+    """Writes one open MLflow run; created by `tracked_run`.
+
+    Outages: a call that cannot reach the tracking server is retried until the server answers
+    or `outage_limit` seconds have passed since the outage began; then `TrackingUnavailable`.
+    Per-epoch metrics are queued (`log_epoch`) and written by a background thread, so training
+    goes on (and checkpoints) through an outage; `flush` waits for them.
+    """
+
+    def __init__(
+        self, client: MlflowClient, run_id: str, artifact_uri: str, outage_limit: float = 900
+    ) -> None:
         self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
+        self.outage_limit = outage_limit
         self.seconds = 0.0  # time spent in MLflow calls, reported by the benchmark
+        self.unavailable: TrackingUnavailable | None = None
         self._package_scan: threading.Thread | None = None
+        self._outage_since: float | None = None
+        self._lock = threading.Lock()
+        self._epochs: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+
+    def _call(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), retried while the server is unreachable, up to the bound."""
+        delay = 1.0
+        while True:
+            if self.unavailable is not None:
+                raise self.unavailable
+            try:
+                with self._timed():
+                    result = fn(*args, **kwargs)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                self._wait_out(delay)
+                delay = min(delay * 2, 15.0)
+                continue
+            with self._lock:
+                if self._outage_since is not None:
+                    gone = time.monotonic() - self._outage_since
+                    log.info("tracking server back after %.0f s; records written", gone)
+                    self._outage_since = None
+            return result
+
+    def _wait_out(self, delay: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._outage_since is None:
+                self._outage_since = now
+                log.warning(
+                    "tracking server unreachable: training goes on, records wait (up to %.0f s, "
+                    "tracking.outage_limit_seconds)",
+                    self.outage_limit,
+                )
+            left = self._outage_since + self.outage_limit - now
+            if left <= 0:
+                self.unavailable = self.unavailable or TrackingUnavailable(
+                    f"the tracking server was unreachable for over {self.outage_limit:.0f} s "
+                    "(tracking.outage_limit_seconds)"
+                )
+                raise self.unavailable
+        time.sleep(min(delay, left))
+
+    def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue one epoch's metrics; a background thread writes them in order."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_epochs, daemon=True,
+                                            name="digitcnn-epoch-metrics")  # fmt: skip
+            self._writer.start()
+        self._epochs.put((dict(metrics), step, int(time.time() * 1000)))
+
+    def _write_epochs(self) -> None:
+        while True:
+            metrics, step, stamp = self._epochs.get()
+            try:
+                if self.unavailable is None:
+                    batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+                    self._call(self.client.log_batch, self.run_id, metrics=batch)
+            except TrackingUnavailable:
+                pass  # `flush` reports it
+            except Exception:
+                log.exception("epoch %d's metrics could not be recorded", step)
+            finally:
+                self._epochs.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued epoch is written; raise if the server stayed away."""
+        self._epochs.join()
+        if self.unavailable is not None:
+            raise self.unavailable
+
+    def log_missing_epochs(self, history: Mapping[str, list[float]]) -> None:
+        """Record the epochs of `history` (a checkpoint's) that the run lacks: those whose
+        metrics were waiting when an outage ended the process."""
+        recorded = {m.step for m in self._call(self.client.get_metric_history, self.run_id, "loss")}
+        epochs = max((len(v) for v in history.values()), default=0)
+        for epoch in range(1, epochs + 1):
+            if epoch not in recorded:
+                row = {k: v[epoch - 1] for k, v in history.items() if len(v) >= epoch}
+                self.log_metrics(row, step=epoch)
 
     def prepare_model_logging(self) -> None:
         """Start, in a background thread, the scan of installed packages that MLflow makes
@@ -63,19 +174,17 @@ class Recorder:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
-        with self._timed():
-            for i in range(0, len(items), _BATCH):
-                self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        for i in range(0, len(items), _BATCH):
+            self._call(self.client.log_batch, self.run_id, params=items[i : i + _BATCH])
 
     def log_tags(self, tags: Mapping[str, Any]) -> None:
-        with self._timed():
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call(self.client.log_batch, self.run_id, tags=batch)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        with self._timed():
-            self.client.log_batch(self.run_id, metrics=batch)
+        self._call(self.client.log_batch, self.run_id, metrics=batch)
 
     def log_dataset(
         self, features: np.ndarray, targets: np.ndarray, name: str, digest: str, source: str
@@ -85,21 +194,19 @@ class Recorder:
             dataset = mlflow.data.from_numpy(
                 features, targets=targets, source=source, name=name, digest=digest[:36]
             )
-        with self._timed():
-            try:
-                mlflow.log_input(dataset, context="training")
-            except mlflow.exceptions.MlflowException as exc:
-                # Parallel jobs log the same dataset: MLflow looks it up, then inserts it, so
-                # a job that lost the race hits the unique key. Its transaction was rolled
-                # back; the second look-up finds the winner's record and links to it.
-                if not _is_duplicate_key(exc):
-                    raise
-                log.debug("dataset %s was recorded by a parallel job; linking again", name)
-                mlflow.log_input(dataset, context="training")
+        try:
+            self._call(mlflow.log_input, dataset, context="training")
+        except mlflow.exceptions.MlflowException as exc:
+            # Parallel jobs log the same dataset: MLflow looks it up, then inserts it, so a
+            # job that lost the race hits the unique key. Its transaction was rolled back;
+            # the second look-up finds the winner's record and links to it.
+            if not _is_duplicate_key(exc):
+                raise
+            log.debug("dataset %s was recorded by a parallel job; linking again", name)
+            self._call(mlflow.log_input, dataset, context="training")
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
-        with self._timed():
-            self.client.log_artifact(self.run_id, str(path), folder)
+        self._call(self.client.log_artifact, self.run_id, str(path), folder)
 
     def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
         """Write {name: content} to a temporary folder and log it: a figure, a frame, a dict
@@ -118,8 +225,7 @@ class Recorder:
                     path.write_text(json.dumps(content, indent=2))
                 else:
                     path.write_text(str(content))
-            with self._timed():
-                self.client.log_artifacts(self.run_id, tmp, folder)
+            self._call(self.client.log_artifacts, self.run_id, tmp, folder)
 
     def log_model(
         self,
@@ -141,29 +247,30 @@ class Recorder:
             keras_file = Path(tmp) / "model.keras"
             model.save(keras_file)
             probabilities = model.predict(serving.scale_pixels(example, pixel_max), verbose=0)
-            with self._timed():
-                mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(paths.PACKAGE_DIR / "logged_model.py"),  # code, no pickle
-                    artifacts={serving.KERAS_ARTIFACT: str(keras_file)},
-                    model_config={"pixel_max": pixel_max},
-                    signature=infer_signature(example, probabilities),
-                    input_example=example,
-                    code_paths=[str(paths.PACKAGE_DIR)],  # loads without digitcnn installed
-                    pip_requirements=requirements,  # pinned here: inferring them costs seconds
-                    registered_model_name=register_as,
-                )
+            self._call(
+                mlflow.pyfunc.log_model,
+                name="model",
+                python_model=str(paths.PACKAGE_DIR / "logged_model.py"),  # code, no pickle
+                artifacts={serving.KERAS_ARTIFACT: str(keras_file)},
+                model_config={"pixel_max": pixel_max},
+                signature=infer_signature(example, probabilities),
+                input_example=example,
+                code_paths=[str(paths.PACKAGE_DIR)],  # loads without digitcnn installed
+                pip_requirements=requirements,  # pinned here: inferring them costs seconds
+                registered_model_name=register_as,
+            )
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
-    """One `log_batch` per epoch, step = epoch number (1-based); nothing per batch."""
+    """One `log_batch` per epoch, step = epoch number (1-based), written in the background;
+    nothing per batch."""
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__()
         self.recorder = recorder
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.recorder.log_metrics(dict(logs or {}), step=epoch + 1)
+        self.recorder.log_epoch(dict(logs or {}), step=epoch + 1)
 
 
 @contextmanager
@@ -173,10 +280,12 @@ def tracked_run(
     tags: Mapping[str, str],
     parent_run_id: str | None = None,
     run_id: str | None = None,
+    outage_limit: float = 900,
 ) -> Iterator[Recorder]:
     """Open one run in `store` (from `preflight`; nested under `parent_run_id` in a sweep;
     `run_id` reopens an interrupted one); it ends FINISHED, FAILED (traceback logged) or KILLED
-    (Ctrl-C), never open."""
+    (Ctrl-C), never open; after `outage_limit` seconds without the server, FAILED if the
+    server takes that call, and `TrackingUnavailable` is raised."""
     started = time.perf_counter()
     try:
         if run_id:
@@ -193,19 +302,27 @@ def tracked_run(
         if reason is None:
             raise
         raise InputError(reason) from None
-    recorder = Recorder(store.client, run.info.run_id, run.info.artifact_uri)
+    recorder = Recorder(store.client, run.info.run_id, run.info.artifact_uri, outage_limit)
     recorder.seconds = time.perf_counter() - started
     status = "FAILED"
     try:
         yield recorder
+        recorder.flush()
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except TrackingUnavailable:
+        raise  # nothing more can be written: the run waits for resume=
     except BaseException:
-        recorder.log_files({"traceback.txt": traceback.format_exc()})
+        with contextlib.suppress(TrackingUnavailable):
+            recorder.log_files({"traceback.txt": traceback.format_exc()})
         raise
     finally:
-        with recorder._timed():
-            mlflow.end_run(status)
+        if recorder.unavailable is None:
+            with recorder._timed():
+                mlflow.end_run(status)
+        else:  # the server is away: end the run here (MLflow would end it FINISHED at exit)
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
         log.debug("MLflow run %s ended %s", run.info.run_id, status)

@@ -27,9 +27,9 @@ from mlflow.tracking import MlflowClient
 from digitcnn import paths
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
-from digitcnn.runtime import quiet_mlflow
+from digitcnn.runtime import mlflow_defaults
 
-quiet_mlflow()  # before MLflow reads its settings: no bars, no URL with credentials
+mlflow_defaults()  # before MLflow reads its settings: no bars, no URL, short retries
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
