@@ -63,6 +63,9 @@ def auth_settings(store: str, default_permission: str, admin: str = "admin") -> 
         f"database_uri = {store.replace('%', '%%')}\n"
         f"admin_username = {admin}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # A password is checked by a slow hash (PBKDF2) on every request unless cached: a run
+        # makes hundreds of requests. A changed password reaches other workers within 60 s.
+        "auth_cache_ttl_seconds = 60\n"
     )
 
 

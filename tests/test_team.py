@@ -126,7 +126,7 @@ def test_read_permission_cannot_write_into_a_teammates_experiment(team, tmp_path
 def _start_training(team: TeamServer, root: Path, experiment: str, *extra: str):
     return subprocess.Popen(
         [sys.executable, "-m", "digitcnn.run", "dataset=digits", "trainer=fast",
-         "trainer.epochs=12", f"tracking.uri={team.url}", f"tracking.experiment={experiment}",
+         "trainer.epochs=8", f"tracking.uri={team.url}", f"tracking.experiment={experiment}",
          *extra],
         cwd=root,
         env=cli_env(root) | as_user(ALICE, ALICE_PASSWORD),
@@ -163,7 +163,7 @@ def test_a_server_restart_mid_run_costs_nothing(team, tmp_path, monkeypatch):
     assert "tracking server unreachable" in output and "tracking server back" in output
     (run,) = runs_in(team, "restart", monkeypatch)
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
-    assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 13))
+    assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 9))
 
 
 def test_a_server_away_past_the_bound_ends_the_run_for_resume(team, tmp_path, monkeypatch):
@@ -183,7 +183,7 @@ def test_a_server_away_past_the_bound_ends_the_run_for_resume(team, tmp_path, mo
     assert "Traceback" not in output
     folder = Path(run.data.tags["hydra.output_dir"])
     state = json.loads((folder / "checkpoint" / "state.json").read_text())
-    assert state["epoch"] == 12  # training did not wait for the server
+    assert state["epoch"] == 8  # training did not wait for the server
     assert f"resume={folder}" in errors[0]
 
     proc = run_cli(
@@ -196,4 +196,4 @@ def test_a_server_away_past_the_bound_ends_the_run_for_resume(team, tmp_path, mo
     assert proc.returncode == 0, failure_report(proc)
     (run,) = runs_in(team, "outage", monkeypatch)
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
-    assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 13))
+    assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 9))
