@@ -50,6 +50,22 @@ def _sweep_to_resume(store, target: str) -> str:
     return run.info.run_id
 
 
+def _prepare_study_storage(config: DictConfig) -> None:
+    """An Optuna study in a database: ready before the sweeper opens it (see optuna_storage)."""
+    storage = OmegaConf.select(config, "hydra.sweeper.storage")
+    if not storage:
+        return
+    from digitcnn import optuna_storage, tracking
+
+    try:
+        optuna_storage.prepare(storage)
+    except Exception as exc:  # SQLAlchemy's and the driver's errors: unreachable, refused
+        raise InputError(
+            f"hydra.sweeper.storage={tracking.redact(storage)!r} cannot be used: "
+            f"{tracking.redact(str(exc).splitlines()[0])}"
+        ) from None
+
+
 def _tracking(config: DictConfig) -> TrackingConfig:
     return OmegaConf.to_object(config.tracking)
 
@@ -85,6 +101,7 @@ class MlflowSweepCallback(Callback):
             "sweep.objective": config.objective,
         }
         store = tracking.preflight(_tracking(config))
+        _prepare_study_storage(config)
         if config.resume:
             run_id = _sweep_to_resume(store, config.resume)
             tracking.reopen_parent_run(_tracking(config), run_id)

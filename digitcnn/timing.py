@@ -24,7 +24,7 @@ class Timings:
     """Named durations in seconds; `measure` adds to one, `set` records a value."""
 
     def __init__(self) -> None:
-        self.values: dict[str, float] = {}
+        self.values: dict[str, float | list[float]] = {}
 
     @contextmanager
     def measure(self, name: str) -> Iterator[None]:
@@ -36,6 +36,10 @@ class Timings:
 
     def set(self, name: str, value: float) -> None:
         self.values[name] = float(value)
+
+    def set_series(self, name: str, values: list[float]) -> None:
+        """A list of durations: one per call of something (e.g. each MLflow request)."""
+        self.values[name] = [round(float(v), 6) for v in values]
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.values, indent=2, sort_keys=True))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_env, client_for, failure_report, run_cli, runs_of
-from tests.servers import RayCluster
+from tests.servers import RayCluster, postgres
 
 SHORT = ["dataset=digits", "trainer.epochs=1"]
 
@@ -106,3 +106,32 @@ def _has_runs(root) -> bool:
 def _checkpointed(run) -> bool:
     folder = Path(run.data.tags["hydra.output_dir"])
     return (folder / "checkpoint" / "state.json").is_file()
+
+
+def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql(cluster, tmp_path):
+    """Optuna on the Ray launcher, trials in parallel, the study in PostgreSQL: two sweep
+    processes on one study add their trials to it, none lost."""
+    import optuna
+
+    with postgres() as database:
+        sweep = [
+            sys.executable, "-m", "digitcnn.run", "-m", "hparams_search=optuna",
+            "hydra/launcher=ray", "dataset=digits", "trainer.epochs=1",
+            f"hydra.sweeper.storage={database}", "hydra.sweeper.study_name=shared",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+        ]  # fmt: skip
+        env = cli_env(tmp_path) | {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
+        run = {"cwd": tmp_path, "env": env, "stdout": subprocess.PIPE, "text": True}
+        procs = [subprocess.Popen(sweep, stderr=subprocess.STDOUT, **run) for _ in range(2)]
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        for proc, output in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, output[-4000:]
+        study = optuna.load_study(study_name="shared", storage=database)
+        trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    parents, children = children_and_parent(tmp_path)
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    # Each trial's value is its run's validation accuracy.
+    values = sorted(round(t.value, 6) for t in trials)
+    assert values == sorted(round(c.data.metrics["val_accuracy"], 6) for c in children)

@@ -69,6 +69,7 @@ class Recorder:
         self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
         self.outage_limit = outage_limit
         self.seconds = 0.0  # time spent in MLflow calls, reported by the benchmark
+        self.call_seconds: list[float] = []  # each call's (bench/load.py: latency per call)
         self.unavailable: TrackingUnavailable | None = None
         self._package_scan: threading.Thread | None = None
         self._outage_since: float | None = None
@@ -170,7 +171,9 @@ class Recorder:
         try:
             yield
         finally:
-            self.seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.seconds += took
+            self.call_seconds.append(took)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
