@@ -24,7 +24,7 @@ class Timings:
     """Named durations in seconds; `measure` adds to one, `set` records a value."""
 
     def __init__(self) -> None:
-        self.values: dict[str, float | list[float]] = {}
+        self.values: dict[str, float | dict[str, list[float]]] = {}
 
     @contextmanager
     def measure(self, name: str) -> Iterator[None]:
@@ -37,9 +37,9 @@ class Timings:
     def set(self, name: str, value: float) -> None:
         self.values[name] = float(value)
 
-    def set_series(self, name: str, values: list[float]) -> None:
-        """A list of durations: one per call of something (e.g. each MLflow request)."""
-        self.values[name] = [round(float(v), 6) for v in values]
+    def set_series(self, name: str, series: dict[str, list[float]]) -> None:
+        """Durations of each call, by kind (e.g. every MLflow request by function)."""
+        self.values[name] = {k: [round(float(v), 6) for v in vs] for k, vs in series.items()}
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.values, indent=2, sort_keys=True))

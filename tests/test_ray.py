@@ -64,7 +64,7 @@ def test_a_node_that_dies_mid_sweep_costs_no_job_and_no_duplicate(tmp_path_facto
         head = ray.head_node_id()
         sweep = subprocess.Popen(
             [sys.executable, "-m", "digitcnn.run", "-m", "hydra/launcher=ray",
-             "dataset=digits", "trainer.epochs=8", "seed=1,2"],
+             "dataset=digits", "trainer.epochs=5", "seed=1,2"],
             cwd=tmp_path,
             env=cli_env(tmp_path) | {"RAY_ADDRESS": ray.address, "RAY_TMPDIR": str(ray.temp)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -69,7 +69,8 @@ class Recorder:
         self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
         self.outage_limit = outage_limit
         self.seconds = 0.0  # time spent in MLflow calls, reported by the benchmark
-        self.call_seconds: list[float] = []  # each call's (bench/load.py: latency per call)
+        # Each call's seconds by MLflow function (bench/load.py: latency per call).
+        self.call_seconds: dict[str, list[float]] = {}
         self.unavailable: TrackingUnavailable | None = None
         self._package_scan: threading.Thread | None = None
         self._outage_since: float | None = None
@@ -84,7 +85,7 @@ class Recorder:
             if self.unavailable is not None:
                 raise self.unavailable
             try:
-                with self._timed():
+                with self._timed(getattr(fn, "__name__", "call")):
                     result = fn(*args, **kwargs)
             except Exception as exc:
                 if not _unreachable(exc):
@@ -166,14 +167,14 @@ class Recorder:
             self._package_scan.start()
 
     @contextmanager
-    def _timed(self) -> Iterator[None]:
+    def _timed(self, name: str = "end_run") -> Iterator[None]:
         started = time.perf_counter()
         try:
             yield
         finally:
             took = time.perf_counter() - started
             self.seconds += took
-            self.call_seconds.append(took)
+            self.call_seconds.setdefault(name, []).append(took)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
