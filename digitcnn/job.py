@@ -221,6 +221,9 @@ def _node_tags() -> dict[str, str]:
         context = ray.get_runtime_context()
         tags["ray.node_id"] = context.get_node_id()
         tags["ray.node_ip"] = ray.util.get_node_ip_address()
+        gpus = ray.get_gpu_ids()  # those reserved for this job
+        if gpus:
+            tags["ray.gpu_ids"] = ",".join(str(g) for g in gpus)
     return tags
 
 

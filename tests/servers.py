@@ -174,19 +174,20 @@ class RayCluster:
     a user starts them (`ray start --head`, `ray start --address=HEAD:PORT`), each in the
     foreground (`--block`) in its own process group so that it can be stopped alone."""
 
-    def __init__(self, home: Path, cpus: int = 1) -> None:
+    def __init__(self, home: Path, cpus: int = 1, gpus: int = 0) -> None:
         # Ray's socket paths must stay short: its temporary folder is directly under /tmp.
         self.temp = Path(tempfile.mkdtemp(prefix="ray-"))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.cpus = cpus
+        self.cpus, self.gpus = cpus, gpus  # GPUs as Ray counts them: a machine may have none
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
         self.env |= {"HOME": str(home), "RAY_TMPDIR": str(self.temp)}
         self.env["RAY_USAGE_STATS_ENABLED"] = "0"
         self.nodes: list[subprocess.Popen] = []
 
     def _start(self, *args: str) -> subprocess.Popen:
-        common = ["--block", "--num-cpus", str(self.cpus), "--object-store-memory", "100000000"]
+        common = ["--block", "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus)]
+        common += ["--object-store-memory", "100000000"]
         node = subprocess.Popen(
             [ray_bin(), "start", *args, *common],
             env=self.env,

@@ -18,7 +18,9 @@ SHORT = ["dataset=digits", "trainer.epochs=1"]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    ray = RayCluster(tmp_path_factory.mktemp("ray-home"), cpus=1)
+    """Two nodes with one CPU and one GPU each, as Ray counts them (Ray takes `--num-gpus` at
+    its word: a job that reserves a GPU gets CUDA_VISIBLE_DEVICES, CPU builds ignore it)."""
+    ray = RayCluster(tmp_path_factory.mktemp("ray-home"), cpus=1, gpus=1)
     try:
         ray.start(workers=1)
         yield ray
@@ -40,6 +42,8 @@ def test_a_sweep_runs_its_jobs_on_the_clusters_nodes(cluster, tmp_path):
         "hydra/launcher=ray",
         *SHORT,
         "seed=1,2",
+        "hydra.launcher.ray.remote.num_gpus=1",
+        "tracking.register_as=ray-digits",
         env={"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)},
         timeout=600,
     )
@@ -50,9 +54,15 @@ def test_a_sweep_runs_its_jobs_on_the_clusters_nodes(cluster, tmp_path):
     assert sorted(c.data.tags["sweep.job"] for c in children) == ["0", "1"]
     assert all(c.info.status == "FINISHED" for c in children)
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
-    # One CPU per node and one per job: the two jobs ran at once, one on each node.
+    # One CPU (and one GPU) per node and per job: the two jobs ran at once, one on each node,
+    # each with the GPU it reserved.
     assert len({c.data.tags["ray.node_id"] for c in children}) == 2
+    assert all(c.data.tags["ray.gpu_ids"] == "0" for c in children)
     assert all(c.data.params["derived.intra_op_threads"] == "1" for c in children)
+    # The sweep's records, as with the other launchers: seed statistics, the champion alias.
+    assert "test_accuracy_mean" in parent.data.metrics
+    champion = client_for(tmp_path).get_model_version_by_alias("ray-digits", "champion")
+    assert champion.run_id == parent.data.tags["best.run_id"]
 
 
 def test_a_node_that_dies_mid_sweep_costs_no_job_and_no_duplicate(tmp_path_factory, tmp_path):
