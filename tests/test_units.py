@@ -250,3 +250,20 @@ def test_even_batches_divide_the_images_when_a_size_close_enough_does(count, lar
     from digitcnn.batching import even_batch
 
     assert even_batch(count, largest) == size
+
+
+def test_secret_settings_are_masked_in_log_lines(caplog):
+    """The Ray launcher logs its ray.init settings, whose runtime environment carries the
+    tracking server's password to the workers: the value never reaches a log line."""
+    import logging
+
+    from digitcnn.runtime import hide_secrets_in_logs
+
+    hide_secrets_in_logs("test.secrets")
+    settings = {"env_vars": {"MLFLOW_TRACKING_USERNAME": "alice",
+                             "MLFLOW_TRACKING_PASSWORD": "s3cret pass", "API_TOKEN": "t0k"}}  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="test.secrets"):
+        logging.getLogger("test.secrets").info("Initializing ray with config: %s", settings)
+    (line,) = caplog.messages
+    assert "s3cret" not in line and "t0k" not in line
+    assert "'MLFLOW_TRACKING_PASSWORD': '***'" in line and "'alice'" in line
