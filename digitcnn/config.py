@@ -8,6 +8,7 @@ before any data is loaded or any run is opened.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -244,6 +245,15 @@ class PathsConfig:
     output_dir: str = MISSING  # this job's Hydra output folder
 
 
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+# What digitcnn and MLflow tag runs with themselves: a label cannot take their place.
+RESERVED_TAG_PREFIXES = (
+    "mlflow.", "git.", "hydra.", "sweep.", "ray.", "best.", "dataset.", "version.", "command",
+    "overrides", "host", "validation_set", "rerun_of", "resumed_after_epoch", "error",
+    "local_config",
+)  # fmt: skip
+
+
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
@@ -257,8 +267,17 @@ class Config:
     objective: str = "val_accuracy"  # what a job returns to sweepers: a validation metric
     resume: str | None = None  # a run id or output folder to continue from its last epoch
     rerun: str | None = None  # a run id to repeat from its recorded config
+    tags: list[str] = field(default_factory=list)  # labels, each an MLflow tag `NAME=true`
 
     def __post_init__(self) -> None:
+        for tag in self.tags:
+            if not _TAG.fullmatch(str(tag)) or str(tag).startswith(RESERVED_TAG_PREFIXES):
+                raise ConfigValueError(
+                    "tags",
+                    list(self.tags),
+                    "names of letters, digits, '_', '-' and '.', not "
+                    "starting with " + ", ".join(RESERVED_TAG_PREFIXES),
+                )
         if self.backend not in BACKENDS:
             raise ConfigValueError("backend", self.backend, "one of " + ", ".join(BACKENDS))
         if self.objective not in OBJECTIVES:

@@ -208,7 +208,10 @@ def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | No
     }
     if parent:
         tags["sweep.job"] = str(hydra_cfg.job.num)
-    return tags | _node_tags()
+    local = hydra_cfg.runtime.choices.get("local")
+    if local:  # conf/local/default.yaml (or another) was applied
+        tags["local_config"] = f"local/{local}.yaml"
+    return tags | _node_tags() | {label: "true" for label in typed.tags}
 
 
 def _node_tags() -> dict[str, str]:

@@ -99,6 +99,7 @@ class MlflowSweepCallback(Callback):
             "sweep.sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
             "sweep.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
             "sweep.objective": config.objective,
+            **{label: "true" for label in config.get("tags") or []},  # tags=[...], as its jobs
         }
         store = tracking.preflight(_tracking(config))
         _prepare_study_storage(config)

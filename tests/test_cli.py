@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import client_for, failure_report, run_cli
+from tests.conftest import client_for, failure_report, run_cli, runs_of
 
 EPOCHS = 2
 
@@ -169,3 +169,37 @@ def test_epoch_lines_say_how_long_is_left(finished_run):
     epochs = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == EPOCHS
     assert re.search(r"  eta \d+s$", epochs[0]) and "eta" not in epochs[-1]
+
+
+def test_local_settings_and_tags_reach_the_run(tmp_path):
+    """A machine's conf/local/default.yaml is applied when present (here found on an added
+    search path, as Hydra finds it in conf/) and recorded; `tags=[...]` become MLflow tags that
+    the UI and `mlflow.search_runs` filter on."""
+    import mlflow
+
+    extra = tmp_path / "extra" / "local"
+    extra.mkdir(parents=True)
+    (extra / "default.yaml").write_text(
+        "# @package _global_\ntracking:\n  experiment: from-local\nmodel:\n  dropout: 0.2\n"
+    )
+    proc = run_cli(
+        tmp_path,
+        "experiment=quick",
+        "tags=[baseline,v2]",
+        f"hydra.searchpath=[file://{tmp_path / 'extra'}]",
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    (run,) = runs_of(tmp_path, "from-local")  # the local file beat the recipe's experiment
+    assert run.data.tags["local_config"] == "local/default.yaml"
+    assert run.data.params["model.dropout"] == "0.2"
+    assert run.data.tags["baseline"] == "true" and run.data.tags["v2"] == "true"
+    mlflow.set_tracking_uri(client_for(tmp_path).tracking_uri)
+    found = mlflow.search_runs(
+        experiment_names=["from-local"], filter_string="tags.baseline = 'true'"
+    )
+    assert list(found["run_id"]) == [run.info.run_id]
+
+    refused = run_cli(tmp_path, "experiment=quick", "tags=[mlflow.user]")
+    assert refused.returncode == 2
+    (line,) = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: tags=['mlflow.user'] is not allowed"), line

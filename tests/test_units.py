@@ -260,8 +260,8 @@ def test_secret_settings_are_masked_in_log_lines(caplog):
     from digitcnn.runtime import hide_secrets_in_logs
 
     hide_secrets_in_logs("test.secrets")
-    settings = {"env_vars": {"MLFLOW_TRACKING_USERNAME": "alice",
-                             "MLFLOW_TRACKING_PASSWORD": "s3cret pass", "API_TOKEN": "t0k"}}  # fmt: skip
+    secrets = {"MLFLOW_TRACKING_PASSWORD": "s3cret pass", "API_TOKEN": "t0k"}
+    settings = {"env_vars": {"MLFLOW_TRACKING_USERNAME": "alice", **secrets}}
     with caplog.at_level(logging.INFO, logger="test.secrets"):
         logging.getLogger("test.secrets").info("Initializing ray with config: %s", settings)
     (line,) = caplog.messages
