@@ -90,38 +90,73 @@ class DigitsConfig(DatasetConfig):
 
 
 @dataclass
-class CNNConfig(_Checked):
+class ModelConfig(_Checked):
+    """What every model family shares: dropout, BatchNorm momentum, training-time warps."""
+
     group: ClassVar[str] = "model"
 
-    name: str = "cnn"
-    filters: list[int] = field(default_factory=lambda: [32, 64])  # one conv block per entry
-    convs_per_block: int = 1  # Conv-BN-ReLU layers per block before its pooling
-    kernel_size: int = 5
-    padding: str = "same"  # same | valid
-    dense_units: int = 128
-    dropout: float = 0.25  # after each conv block
-    dense_dropout: float = 0.0  # after the hidden dense layer
+    name: str = MISSING
+    dropout: float = 0.25  # where the family puts it (cnn: after each conv block)
     bn_momentum: float = 0.99  # BatchNorm moving-average momentum; lower settles in fewer steps
     augment_rotation: float = 0.0  # training only: random rotation up to ± this many degrees
     augment_shift: float = 0.0  # random shift up to ± this fraction of height and width
     augment_zoom: float = 0.0  # random zoom in or out up to this fraction
 
     def __post_init__(self) -> None:
-        self._require(
-            "filters",
-            len(self.filters) > 0 and all(f > 0 for f in self.filters),
-            "a non-empty list of positive integers",
-        )
-        self._require("convs_per_block", self.convs_per_block > 0, "a positive integer")
-        self._require("kernel_size", self.kernel_size > 0, "a positive integer")
-        self._require_choice("padding", ("same", "valid"))
-        self._require("dense_units", self.dense_units > 0, "a positive integer")
         self._require("bn_momentum", 0.0 <= self.bn_momentum < 1.0, "a value in [0, 1)")
         self._require("augment_rotation", 0.0 <= self.augment_rotation <= 180, "0 to 180 degrees")
         for name in ("augment_shift", "augment_zoom"):
             self._require(name, 0.0 <= getattr(self, name) < 1.0, "a fraction in [0, 1)")
-        for name in ("dropout", "dense_dropout"):
-            self._require(name, 0.0 <= getattr(self, name) < 1.0, "a rate in [0, 1)")
+        self._require("dropout", 0.0 <= self.dropout < 1.0, "a rate in [0, 1)")
+
+    def _require_widths(self, name: str) -> None:
+        widths = getattr(self, name)
+        ok = len(widths) > 0 and all(w > 0 for w in widths)
+        self._require(name, ok, "a non-empty list of positive integers")
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    name: str = "cnn"
+    filters: list[int] = field(default_factory=lambda: [32, 64])  # one conv block per entry
+    convs_per_block: int = 1  # Conv-BN-ReLU layers per block before its pooling
+    kernel_size: int = 5
+    padding: str = "same"  # same | valid
+    dense_units: int = 128
+    dense_dropout: float = 0.0  # after the hidden dense layer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require_widths("filters")
+        self._require("convs_per_block", self.convs_per_block > 0, "a positive integer")
+        self._require("kernel_size", self.kernel_size > 0, "a positive integer")
+        self._require_choice("padding", ("same", "valid"))
+        self._require("dense_units", self.dense_units > 0, "a positive integer")
+        self._require("dense_dropout", 0.0 <= self.dense_dropout < 1.0, "a rate in [0, 1)")
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    hidden_units: list[int] = field(default_factory=lambda: [512, 256])  # Dense-BN-ReLU each
+    dropout: float = 0.2  # after each hidden layer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require_widths("hidden_units")
+
+
+@dataclass
+class ResNetConfig(ModelConfig):
+    name: str = "resnet"
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64])  # one stage per entry
+    blocks_per_stage: int = 1  # residual blocks (two 3x3 convolutions each) per stage
+    dropout: float = 0.1  # before the classifier
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require_widths("filters")
+        self._require("blocks_per_stage", self.blocks_per_stage > 0, "a positive integer")
 
 
 # --- optimizer -----------------------------------------------------------------------------
@@ -257,7 +292,7 @@ RESERVED_TAG_PREFIXES = (
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
-    model: CNNConfig = MISSING
+    model: ModelConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
@@ -286,7 +321,7 @@ class Config:
 
 _GROUP_SCHEMAS = {
     "dataset": {"mnist": MnistConfig, "digits": DigitsConfig},
-    "model": {"cnn": CNNConfig},
+    "model": {"cnn": CNNConfig, "mlp": MLPConfig, "resnet": ResNetConfig},
     "optimizer": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
     "trainer": {"default": TrainerConfig, "fast": TrainerConfig},
     "tracking": {"mlflow": TrackingConfig},

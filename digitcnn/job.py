@@ -82,7 +82,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
 
     from digitcnn import tracking
     from digitcnn.data import load_dataset
-    from digitcnn.model import build_cnn
+    from digitcnn.model import build_model
     from digitcnn.training import configure_backend
 
     trainer, tuning = settings_for(typed.trainer, typed.backend)
@@ -135,7 +135,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         model = keras.saving.load_model(checkpoint.model_file)  # weights and optimizer state
         log.info("resuming run %s after epoch %d", checkpoint.run_id, checkpoint.epoch)
     else:
-        model = build_cnn(typed.model, data.input_shape, data.num_classes)
+        model = build_model(typed.model, data.input_shape, data.num_classes)
 
     tags = _tags(typed, data, overrides, hydra_cfg, parent_run_id)
     if source.rerun_of:
