@@ -74,6 +74,18 @@ class MnistConfig(DatasetConfig):
 
 
 @dataclass
+class ImagesConfig(DatasetConfig):
+    """Any digit images in MNIST's layout: a Keras-layout .npz or a folder of IDX files."""
+
+    name: str = "images"
+    path: str = MISSING
+
+    def __post_init__(self) -> None:
+        self._require("limit", self.limit is None or self.limit > 0, "a positive integer or null")
+        self._require("val_size", self.val_size >= 0, "0 or more")
+
+
+@dataclass
 class DigitsConfig(DatasetConfig):
     name: str = "digits"
     val_size: int = 180
@@ -280,12 +292,37 @@ class PathsConfig:
     output_dir: str = MISSING  # this job's Hydra output folder
 
 
+DEBUG_MODES = ("none", "fast_dev_run", "overfit", "profile")
+
+
+@dataclass
+class DebugConfig(_Checked):
+    """`debug=NAME`: a run that checks the path, the model or the time, not a result."""
+
+    group: ClassVar[str] = "debug"
+
+    mode: str = "none"  # none | fast_dev_run | overfit | profile
+    batches: int = 1  # fast_dev_run: batches of each split; overfit: the fixed training batches
+    target_accuracy: float = 0.99  # overfit: train until the batches are fitted this well
+    max_epochs: int = 200  # overfit: give up (exit 1) after this many passes
+    profile_batches: list[int] = field(default_factory=lambda: [10, 20])  # profile: steps traced
+
+    def __post_init__(self) -> None:
+        self._require_choice("mode", DEBUG_MODES)
+        self._require("batches", self.batches > 0, "a positive integer")
+        self._require("target_accuracy", 0.0 < self.target_accuracy <= 1.0, "a value in (0, 1]")
+        self._require("max_epochs", self.max_epochs > 0, "a positive integer")
+        steps = self.profile_batches
+        ok = len(steps) == 2 and 0 < steps[0] <= steps[1]
+        self._require("profile_batches", ok, "[first, last] training steps, 1 <= first <= last")
+
+
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 # What digitcnn and MLflow tag runs with themselves: a label cannot take their place.
 RESERVED_TAG_PREFIXES = (
     "mlflow.", "git.", "hydra.", "sweep.", "ray.", "best.", "dataset.", "version.", "command",
     "overrides", "host", "validation_set", "rerun_of", "resumed_after_epoch", "error",
-    "local_config",
+    "local_config", "debug",
 )  # fmt: skip
 
 
@@ -303,6 +340,7 @@ class Config:
     resume: str | None = None  # a run id or output folder to continue from its last epoch
     rerun: str | None = None  # a run id to repeat from its recorded config
     tags: list[str] = field(default_factory=list)  # labels, each an MLflow tag `NAME=true`
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
         for tag in self.tags:
@@ -319,8 +357,29 @@ class Config:
             raise ConfigValueError("objective", self.objective, "one of " + ", ".join(OBJECTIVES))
 
 
+@dataclass
+class EvaluateConfig:
+    """`python -m digitcnn.evaluate`: a logged model, the data to test it on, where to record."""
+
+    dataset: DatasetConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: str = MISSING  # runs:/<run id>/model, models:/<name>@<alias> or models:/<name>/<n>
+    backend: str = "tensorflow"  # Keras's backend for the model
+    seed: int = 42  # the validation split (the test split is evaluated)
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not str(self.model).startswith(("runs:/", "models:/", "file:", "/")):
+            raise ConfigValueError(
+                "model", self.model, "runs:/<run id>/model, models:/<name>@<alias> or a path"
+            )
+        if self.backend not in BACKENDS:
+            raise ConfigValueError("backend", self.backend, "one of " + ", ".join(BACKENDS))
+
+
 _GROUP_SCHEMAS = {
-    "dataset": {"mnist": MnistConfig, "digits": DigitsConfig},
+    "dataset": {"mnist": MnistConfig, "digits": DigitsConfig, "images": ImagesConfig},
     "model": {"cnn": CNNConfig, "mlp": MLPConfig, "resnet": ResNetConfig},
     "optimizer": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
     "trainer": {"default": TrainerConfig, "fast": TrainerConfig},
@@ -342,6 +401,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     # Under schema/ so that schemas are not offered as options of the groups they type.
     cs.store(group="schema", name="config", node=Config, package="_global_")
+    cs.store(group="schema", name="evaluate", node=EvaluateConfig, package="_global_")
     for group, schemas in _GROUP_SCHEMAS.items():
         for name, schema in schemas.items():
             cs.store(group=f"schema/{group}", name=name, node=schema)

@@ -80,7 +80,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         _import_libraries(typed.tracking.uri)
     import keras
 
-    from digitcnn import tracking
+    from digitcnn import debug, tracking
     from digitcnn.data import load_dataset
     from digitcnn.model import build_model
     from digitcnn.training import configure_backend
@@ -124,6 +124,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         compiled = CompilationCache(Path(typed.paths.cache_dir))
     with timings.measure("data_seconds"):
         data = load_dataset(typed.dataset, typed.seed)
+    typed, data = debug.prepare(typed, data)  # debug=...: its data and settings
     sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
     log.info("data      %s from %s: %s", data.name, data.source, sizes)
 
@@ -164,6 +165,11 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         )
         if compiled:
             recorder.log_metrics(compiled.counts)
+        if typed.debug.mode == "profile":  # the backend's trace and the job's phases so far
+            timings.set("job_seconds", time.perf_counter() - job_started)
+            recorder.log_files({"phases.json": timings.values}, folder="profile")
+            if (output_dir / "profile").is_dir():
+                recorder.log_folder(output_dir / "profile", "profile/trace")
         _log_job_log(recorder, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
     timings.set("mlflow_seconds", recorder.seconds)
     timings.set_series("mlflow_call_seconds", recorder.call_seconds)
@@ -208,6 +214,8 @@ def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | No
     }
     if parent:
         tags["sweep.job"] = str(hydra_cfg.job.num)
+    if typed.debug.mode != "none":
+        tags["debug"] = typed.debug.mode
     local = hydra_cfg.runtime.choices.get("local")
     if local:  # conf/local/default.yaml (or another) was applied
         tags["local_config"] = f"local/{local}.yaml"
@@ -330,7 +338,7 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     """Train the epochs not yet done, checkpointing each; returns every epoch's history and
     the fit's metrics (`_fit_metrics`); none when a resumed run had trained all its epochs
     already (it was stopped while it evaluated and recorded them)."""
-    from digitcnn import tracking
+    from digitcnn import debug, tracking
     from digitcnn.checkpoint import EpochCheckpoint
     from digitcnn.training import train
 
@@ -342,12 +350,13 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     saver = EpochCheckpoint(
         Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
     )
+    checks = debug.callbacks(typed, Path(typed.paths.output_dir))
     result = train(
         model,
         data,
         typed.optimizer,
         typed.trainer,
-        [saver, tracking.EpochMetricsLogger(recorder)],  # the checkpoint first, always
+        [saver, tracking.EpochMetricsLogger(recorder), *checks],  # the checkpoint first
         initial_epoch=done,
         seed=typed.seed + done,
     )
@@ -357,6 +366,7 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     metrics = _fit_metrics(result, len(data.x_train))
     for name, value in metrics.items():
         timings.set(name, value)
+    metrics |= debug.verdict(typed, checks, saver.history)
     return saver.history, metrics  # every epoch, those before a resume included
 
 

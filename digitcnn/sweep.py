@@ -122,7 +122,10 @@ class MlflowSweepCallback(Callback):
         recorder, records = tracking.sweep_records(_tracking(config), run_id)
         failed = [r for r in records if r.status != "FINISHED"]
         try:
-            _record_summary(recorder, records, objective, config.tracking.register_as)
+            if config.debug.mode != "none":  # checks, not results: no summary, no champion
+                log.info("debug=%s sweep: %d jobs, no summary", config.debug.mode, len(records))
+            else:
+                _record_summary(recorder, records, objective, config.tracking.register_as)
         finally:
             tracking.end_parent_run(recorder, "FAILED" if failed or not records else "FINISHED")
         if failed:

@@ -223,3 +223,53 @@ def test_mlflow_models_serve_answers_rest_predictions(mnist_run):
             answer = np.asarray(json.loads(response.read())["predictions"])
     assert answer.shape == (2, 10)
     assert answer.argmax(axis=1).tolist() == labels.tolist()
+
+
+def test_evaluate_records_a_model_on_mnist_and_on_other_digit_images(mnist_run, tmp_path):
+    """`python -m digitcnn.evaluate`: the registered model on MNIST's test set gives the
+    accuracy its run recorded; on other images in MNIST's layout (here 2,000 test images
+    shifted by two pixels) it records a run of its own; 8x8 images are one line."""
+    root, run = mnist_run
+    proc = run_cli(
+        root, "model=models:/digits/1", "tracking.experiment=evals", module="digitcnn.evaluate"
+    )
+    assert proc.returncode == 0, failure_report(proc)
+
+    with np.load(root / "data" / "mnist.npz") as d:
+        shifted = np.roll(d["x_test"][:2000], 2, axis=2)
+        arrays = {"x_train": d["x_train"][:10], "y_train": d["y_train"][:10],
+                  "x_test": shifted, "y_test": d["y_test"][:2000]}  # fmt: skip
+    np.savez(tmp_path / "shifted.npz", **arrays)
+    proc = run_cli(
+        root,
+        f"model=runs:/{run.info.run_id}/model",
+        "dataset=images",
+        f"dataset.path={tmp_path / 'shifted.npz'}",
+        "tracking.experiment=evals",
+        "tags=[shifted]",
+        module="digitcnn.evaluate",
+    )
+    assert proc.returncode == 0, failure_report(proc)
+
+    client = client_for(root)
+    on_mnist, on_shifted = client.search_runs(
+        [client.get_experiment_by_name("evals").experiment_id], order_by=["start_time ASC"]
+    )
+    assert on_mnist.data.metrics["test_accuracy"] == pytest.approx(
+        run.data.metrics["test_accuracy"], abs=1e-6
+    )
+    for evaluation in (on_mnist, on_shifted):
+        assert evaluation.info.status == "FINISHED"
+        assert evaluation.data.tags["evaluation.source_run_id"] == run.info.run_id
+        names = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+        assert {"confusion_matrix.png", "misclassified.png", "classification_report.json"} <= names
+        assert 0 < evaluation.data.metrics["macro_f1"] <= 1
+    assert on_shifted.data.tags["shifted"] == "true"
+    assert on_shifted.data.params["dataset.name"] == "images"
+    assert on_shifted.data.metrics["test_accuracy"] < on_mnist.data.metrics["test_accuracy"]
+
+    digits = run_cli(root, f"model=runs:/{run.info.run_id}/model", "dataset=digits",
+                     module="digitcnn.evaluate")  # fmt: skip
+    assert digits.returncode == 2
+    (line,) = [ln for ln in digits.stderr.splitlines() if ln.startswith("error:")]
+    assert "takes 28x28 images; dataset 'digits'" in line and "has 8x8" in line, line

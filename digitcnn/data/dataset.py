@@ -13,6 +13,7 @@ from digitcnn.config import DatasetConfig
 from digitcnn.data.digits import PIXEL_MAX as DIGITS_PIXEL_MAX
 from digitcnn.data.digits import load_digits
 from digitcnn.data.formats import KERAS_KEYS, Arrays
+from digitcnn.data.images import load_images
 from digitcnn.data.mnist import load_mnist
 
 # name -> (loader returning uint8 Keras-layout arrays, their origin and content digests; the
@@ -20,6 +21,7 @@ from digitcnn.data.mnist import load_mnist
 _SOURCES: dict[str, tuple[Callable[..., tuple[Arrays, str, dict[str, str]]], int]] = {
     "mnist": (load_mnist, 255),
     "digits": (load_digits, DIGITS_PIXEL_MAX),
+    "images": (load_images, 255),
 }
 
 
@@ -79,7 +81,7 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
         y_val=y_val.astype(np.int64),
         x_test=_scale(arrays["x_test"], pixel_max),
         y_test=arrays["y_test"].astype(np.int64),
-        num_classes=int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1,
+        num_classes=int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0))) + 1,
         digest=dataset_digest(digests),
         source=source,
         validation_is_test=cfg.val_size == 0,

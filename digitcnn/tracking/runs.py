@@ -185,9 +185,12 @@ class Recorder:
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
         self._call(self.client.log_batch, self.run_id, tags=batch)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None
+    ) -> None:
+        """Metrics at `step`; with `model_id` also shown on that logged model's page."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
         self._call(self.client.log_batch, self.run_id, metrics=batch)
 
     def log_dataset(
@@ -211,6 +214,9 @@ class Recorder:
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         self._call(self.client.log_artifact, self.run_id, str(path), folder)
+
+    def log_folder(self, path: Path, folder: str | None = None) -> None:
+        self._call(self.client.log_artifacts, self.run_id, str(path), folder)
 
     def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
         """Write {name: content} to a temporary folder and log it: a figure, a frame, a dict

@@ -1,0 +1,33 @@
+"""Any digit images in MNIST's layout (`dataset=images dataset.path=...`): a Keras-layout
+`.npz` or a folder of IDX files, uint8 grey levels 0-255, labels 0-9; unlike `mnist`, any
+content and any square size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from digitcnn.config import ImagesConfig
+from digitcnn.data.formats import KERAS_KEYS, Arrays, content_digest, read_idx_dir, read_npz
+from digitcnn.errors import DataError
+
+
+def load_images(cfg: ImagesConfig) -> tuple[Arrays, str, dict[str, str]]:
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset.path={cfg.path!r} does not exist")
+    arrays = read_idx_dir(path) if path.is_dir() else read_npz(path)
+    for key in KERAS_KEYS:
+        array = arrays[key]
+        if array.dtype != np.uint8:
+            raise DataError(f"{path}: {key} is {array.dtype}; expected uint8 as MNIST")
+        expected = 3 if key.startswith("x_") else 1
+        if array.ndim != expected:
+            raise DataError(f"{path}: {key} has {array.ndim} dimensions; expected {expected}")
+    for images, labels in (("x_train", "y_train"), ("x_test", "y_test")):
+        if len(arrays[images]) != len(arrays[labels]):
+            raise DataError(f"{path}: {images} and {labels} differ in length")
+        if len(arrays[labels]) and arrays[labels].max() > 9:
+            raise DataError(f"{path}: {labels} holds {arrays[labels].max()}; digits are 0-9")
+    return arrays, str(path), {key: content_digest(a) for key, a in arrays.items()}

@@ -1,0 +1,140 @@
+"""Test a logged model on a dataset and record the result as an MLflow run.
+
+    python -m digitcnn.evaluate model=runs:/<run id>/model                 # MNIST's test set
+    python -m digitcnn.evaluate model=models:/digitcnn@champion dataset=images \\
+        dataset.path=/data/other_digits.npz
+
+The evaluation run records accuracy, loss and macro F1 (also on the logged model's page),
+the confusion matrix, the misclassified images and the per-class report, with tags naming
+the model and the run that trained it. A dataset whose images the model cannot take is one
+line, before anything is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from digitcnn import paths
+from digitcnn.backends import select_backend
+from digitcnn.config import EvaluateConfig, register_configs
+from digitcnn.errors import InputError
+from digitcnn.runtime import import_keras_quietly
+
+register_configs()
+log = logging.getLogger("digitcnn")
+
+
+def _typed(cfg: DictConfig) -> EvaluateConfig:
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key or "model"
+        raise InputError(
+            f"{key} is required: model=runs:/<run id>/model or models:/<name>@<alias>"
+            if key == "model"
+            else f"{key} is required"
+        ) from None
+
+
+def _model_info(uri: str):
+    """MLflow's description of the logged model at `uri` (its signature and source run)."""
+    import mlflow
+
+    try:
+        return mlflow.models.get_model_info(uri)
+    except Exception as exc:  # MLflow's errors for unknown runs, names, aliases and paths
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"model={uri!r} cannot be loaded: {first}") from None
+
+
+def _input_side(info) -> tuple[int, ...] | None:
+    """The image shape (height, width) the model's signature takes, if it says."""
+    schema = info.signature.inputs if info.signature else None
+    if schema is None or not schema.inputs:
+        return None
+    return tuple(schema.inputs[0].shape[1:])
+
+
+def evaluate_model(cfg: DictConfig) -> dict[str, float]:
+    typed = _typed(cfg)
+    select_backend(typed.backend)
+    import_keras_quietly()
+    import mlflow
+
+    from digitcnn import plots, tracking
+    from digitcnn.data import load_dataset
+    from digitcnn.evaluation import evaluate
+
+    store = tracking.preflight(typed.tracking)
+    info = _model_info(typed.model)
+    data = load_dataset(typed.dataset, typed.seed)
+    images = data.x_test[..., 0] * data.pixel_max  # raw pixels, as the logged model takes them
+    wanted = _input_side(info)
+    if wanted is not None and wanted != images.shape[1:]:
+        raise InputError(
+            f"model={typed.model!r} takes {'x'.join(map(str, wanted))} images; dataset "
+            f"{data.name!r} ({data.source}) has {'x'.join(map(str, images.shape[1:]))}"
+        )
+    probabilities = np.asarray(mlflow.pyfunc.load_model(typed.model).predict(images))
+    if probabilities.shape[1] < data.num_classes:
+        raise InputError(
+            f"model={typed.model!r} answers {probabilities.shape[1]} classes; dataset "
+            f"{data.name!r} has labels up to {data.num_classes - 1}"
+        )
+    scores = evaluate(probabilities, data.y_test)
+    tags = {
+        "evaluation.model": typed.model,
+        "evaluation.source_run_id": info.run_id or "",
+        "evaluation.model_id": getattr(info, "model_id", "") or "",
+        "dataset.digest": data.digest,
+        "command": tracking.redact(" ".join(["digitcnn.evaluate", *sys.argv[1:]])),
+        **{label: "true" for label in typed.tags},
+    }
+    name = f"evaluate {typed.model} on {data.name}"
+    with tracking.tracked_run(store, name, tags) as recorder:
+        params = tracking.flatten({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True)})
+        recorder.log_params({**params, "model": typed.model, "backend": typed.backend})
+        recorder.log_metrics(scores.metrics(), model_id=tags["evaluation.model_id"] or None)
+        recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
+        recorder.log_files(
+            {
+                "confusion_matrix.png": plots.confusion_figure(scores.confusion, scores.accuracy),
+                "misclassified.png": plots.misclassified_figure(
+                    data.x_test, data.y_test, scores.predicted
+                ),
+                "classification_report.json": scores.report,
+            }
+        )
+    log.info(
+        "%s: accuracy %.4f  loss %.4f  macro F1 %.4f  (%d images of %s)",
+        typed.model,
+        scores.accuracy,
+        scores.loss,
+        scores.macro_f1,
+        len(data.y_test),
+        data.source,
+    )
+    log.info("evaluation run %s (trained in run %s)", recorder.run_id, info.run_id)
+    return scores.metrics()
+
+
+@hydra.main(config_path=str(paths.config_dir()), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate_model(cfg)
+    except InputError as exc:
+        if HydraConfig.get().verbose:
+            raise
+        log.error("error: %s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
