@@ -364,15 +364,16 @@ class EvaluateConfig:
     dataset: DatasetConfig = MISSING
     tracking: TrackingConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    model: str = MISSING  # runs:/<run id>/model, models:/<name>@<alias> or models:/<name>/<n>
+    # The model to test (`model=` on the command line: `model` is a config group of training).
+    model_uri: str = MISSING  # runs:/<run id>/model, models:/<name>@<alias>, models:/<name>/<n>
     backend: str = "tensorflow"  # Keras's backend for the model
     seed: int = 42  # the validation split (the test split is evaluated)
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not str(self.model).startswith(("runs:/", "models:/", "file:", "/")):
+        if not str(self.model_uri).startswith(("runs:/", "models:/", "file:", "/")):
             raise ConfigValueError(
-                "model", self.model, "runs:/<run id>/model, models:/<name>@<alias> or a path"
+                "model", self.model_uri, "runs:/<run id>/model, models:/<name>@<alias> or a path"
             )
         if self.backend not in BACKENDS:
             raise ConfigValueError("backend", self.backend, "one of " + ", ".join(BACKENDS))

@@ -35,12 +35,12 @@ def _typed(cfg: DictConfig) -> EvaluateConfig:
     try:
         return OmegaConf.to_object(cfg)
     except MissingMandatoryValue as exc:
-        key = exc.full_key or "model"
-        raise InputError(
-            f"{key} is required: model=runs:/<run id>/model or models:/<name>@<alias>"
-            if key == "model"
-            else f"{key} is required"
-        ) from None
+        key = exc.full_key or "model_uri"
+        if key == "model_uri":
+            raise InputError(
+                "model is required: model=runs:/<run id>/model or models:/<name>@<alias>"
+            ) from None
+        raise InputError(f"{key} is required") from None
 
 
 def _model_info(uri: str):
@@ -73,34 +73,34 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     from digitcnn.evaluation import evaluate
 
     store = tracking.preflight(typed.tracking)
-    info = _model_info(typed.model)
+    info = _model_info(typed.model_uri)
     data = load_dataset(typed.dataset, typed.seed)
     images = data.x_test[..., 0] * data.pixel_max  # raw pixels, as the logged model takes them
     wanted = _input_side(info)
     if wanted is not None and wanted != images.shape[1:]:
         raise InputError(
-            f"model={typed.model!r} takes {'x'.join(map(str, wanted))} images; dataset "
+            f"model={typed.model_uri!r} takes {'x'.join(map(str, wanted))} images; dataset "
             f"{data.name!r} ({data.source}) has {'x'.join(map(str, images.shape[1:]))}"
         )
-    probabilities = np.asarray(mlflow.pyfunc.load_model(typed.model).predict(images))
+    probabilities = np.asarray(mlflow.pyfunc.load_model(typed.model_uri).predict(images))
     if probabilities.shape[1] < data.num_classes:
         raise InputError(
-            f"model={typed.model!r} answers {probabilities.shape[1]} classes; dataset "
+            f"model={typed.model_uri!r} answers {probabilities.shape[1]} classes; dataset "
             f"{data.name!r} has labels up to {data.num_classes - 1}"
         )
     scores = evaluate(probabilities, data.y_test)
     tags = {
-        "evaluation.model": typed.model,
+        "evaluation.model": typed.model_uri,
         "evaluation.source_run_id": info.run_id or "",
         "evaluation.model_id": getattr(info, "model_id", "") or "",
         "dataset.digest": data.digest,
         "command": tracking.redact(" ".join(["digitcnn.evaluate", *sys.argv[1:]])),
         **{label: "true" for label in typed.tags},
     }
-    name = f"evaluate {typed.model} on {data.name}"
+    name = f"evaluate {typed.model_uri} on {data.name}"
     with tracking.tracked_run(store, name, tags) as recorder:
         params = tracking.flatten({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True)})
-        recorder.log_params({**params, "model": typed.model, "backend": typed.backend})
+        recorder.log_params({**params, "model": typed.model_uri, "backend": typed.backend})
         recorder.log_metrics(scores.metrics(), model_id=tags["evaluation.model_id"] or None)
         recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
         recorder.log_files(
@@ -114,7 +114,7 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
         )
     log.info(
         "%s: accuracy %.4f  loss %.4f  macro F1 %.4f  (%d images of %s)",
-        typed.model,
+        typed.model_uri,
         scores.accuracy,
         scores.loss,
         scores.macro_f1,
@@ -136,5 +136,14 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command: `model=URI` is this command's key, not training's config group."""
+    sys.argv[1:] = [
+        f"model_uri={arg.removeprefix('model=')}" if arg.startswith("model=") else arg
+        for arg in sys.argv[1:]
+    ]
     main()
+
+
+if __name__ == "__main__":
+    cli()
