@@ -203,3 +203,19 @@ def test_local_settings_and_tags_reach_the_run(tmp_path):
     assert refused.returncode == 2
     (line,) = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
     assert line.startswith("error: tags=['mlflow.user'] is not allowed"), line
+
+
+@pytest.mark.parametrize(
+    ("family", "keys"),
+    [("mlp", {"model.hidden_units": "[512, 256]"}), ("resnet", {"model.blocks_per_stage": "1"})],
+)
+def test_each_model_family_trains_and_is_recorded_with_its_own_keys(tmp_path, family, keys):
+    proc = run_cli(tmp_path, "experiment=quick", f"model={family}", "model.augment_shift=0.1")
+    assert proc.returncode == 0, failure_report(proc)
+    (run,) = runs_of(tmp_path, "quick")
+    assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] > 0.5
+    params = run.data.params
+    assert params["model.name"] == family and keys.items() <= params.items()
+    assert "model.kernel_size" not in params  # the cnn's keys belong to the cnn
+    wrong = run_cli(tmp_path, "experiment=quick", f"model={family}", "model.kernel_size=3")
+    assert wrong.returncode != 0 and "kernel_size" in wrong.stderr
