@@ -14,9 +14,10 @@ from typing import ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from digitcnn import paths
-from digitcnn.errors import ConfigValueError
+from digitcnn.errors import ConfigValueError, InputError
 
 BACKENDS = ("tensorflow", "jax", "torch")
 PLATFORMS = tuple(f"{b}-{d}" for b in BACKENDS for d in ("cpu", "gpu"))
@@ -430,5 +431,9 @@ def schema_config(saved: DictConfig) -> DictConfig:
 
 
 def to_typed(cfg: DictConfig) -> Config:
-    """Resolve the composed config into schema objects, running every range check."""
-    return OmegaConf.to_object(cfg)
+    """Resolve the composed config into schema objects, running every range check; a value
+    the config leaves for the user to give (`???`) is a one-line error naming its key."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as exc:
+        raise InputError(f"{exc.full_key} is required: give {exc.full_key}=...") from None

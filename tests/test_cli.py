@@ -136,6 +136,8 @@ def no_runs(root: Path) -> bool:
         (["paths.root_dir=/proc/nope"], "(from paths.root_dir='/proc/nope') cannot be written"),
         (["-m", "hydra.sweep.dir=/proc/nope"], "hydra.sweep.dir='/proc/nope' cannot be"),
         (["paths.data_dir=/proc/nope"], "dataset.cache_dir='/proc/nope' cannot be created"),
+        (["dataset=images"], "error: dataset.path is required"),
+        (["dataset=images", "dataset.path=/nonexistent.npz"], "does not exist"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line_before_any_run(tmp_path, args, says):

@@ -26,9 +26,13 @@ def test_experiments_ship_the_required_recipes():
     assert {"seed", "quick"} <= set(EXPERIMENTS)
 
 
+# What an option cannot do without: `dataset=images` names its files.
+REQUIRED = {("dataset", "images"): ["dataset.path=/data/digits.npz"]}
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_every_group_option_composes_into_its_schema(compose_cfg, group, option):
-    typed = to_typed(compose_cfg([f"{group}={option}"]))
+    typed = to_typed(compose_cfg([f"{group}={option}", *REQUIRED.get((group, option), [])]))
     assert isinstance(typed, config.Config)
     schema = config._GROUP_SCHEMAS[group][option]
     assert type(getattr(typed, group)) is schema
