@@ -35,9 +35,9 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
 
 def _sweep_to_resume(store, target: str) -> str:
     """The parent run named by `resume=` in a sweep: its id, or the sweep's folder."""
-    folder = Path(target).expanduser()
-    if (folder / PARENT_RUN_FILE).is_file():
-        return (folder / PARENT_RUN_FILE).read_text().strip()
+    found = parent_run_id(Path(target).expanduser())
+    if found:
+        return found
     try:
         run = store.client.get_run(target)
     except Exception:  # MLflow raises its own errors for unknown or malformed ids
@@ -105,9 +105,9 @@ class MlflowSweepCallback(Callback):
         _prepare_study_storage(config)
         if config.resume:
             run_id = _sweep_to_resume(store, config.resume)
-            tracking.reopen_parent_run(_tracking(config), run_id)
+            tracking.reopen_parent_run(store, run_id)
         else:
-            run_id = tracking.open_parent_run(_tracking(config), name, tags)
+            run_id = tracking.open_parent_run(store, name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
         log.info("sweep parent run %s (%s)", run_id, name)

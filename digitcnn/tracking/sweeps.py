@@ -15,9 +15,9 @@ from digitcnn.tracking.runs import Recorder
 from digitcnn.tracking.store import Store, client_for
 
 
-def open_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
-    """Create a sweep's parent run (left RUNNING until `end_parent_run`); returns its id."""
-    store = client_for(cfg)
+def open_parent_run(store: Store, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create a sweep's parent run in `store` (from `preflight`), left RUNNING until
+    `end_parent_run`; returns its id."""
     run = store.client.create_run(store.experiment_id, run_name=run_name, tags=dict(tags))
     return run.info.run_id
 
@@ -74,9 +74,9 @@ def supersede(store: Store, run_id: str) -> None:
     store.client.set_terminated(run_id, "KILLED")
 
 
-def reopen_parent_run(cfg: TrackingConfig, run_id: str) -> None:
+def reopen_parent_run(store: Store, run_id: str) -> None:
     """A resumed sweep records into its first parent run, open again until the sweep ends."""
-    client = client_for(cfg).client
+    client = store.client
     run = client.get_run(run_id)
     resumed = int(run.data.tags.get("sweep.resumed", "0")) + 1
     client.set_tag(run_id, "sweep.resumed", str(resumed))
