@@ -131,9 +131,7 @@ class Recorder:
         while True:
             metrics, step, stamp = self._epochs.get()
             try:
-                if self.unavailable is None:
-                    batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-                    self._call(self.client.log_batch, self.run_id, metrics=batch)
+                self.log_metrics(metrics, step, timestamp=stamp)
             except TrackingUnavailable:
                 pass  # `flush` reports it
             except Exception:
@@ -167,7 +165,8 @@ class Recorder:
             self._package_scan.start()
 
     @contextmanager
-    def _timed(self, name: str = "end_run") -> Iterator[None]:
+    def _timed(self, name: str) -> Iterator[None]:
+        """Time one MLflow call, counted under `name`."""
         started = time.perf_counter()
         try:
             yield
@@ -186,11 +185,16 @@ class Recorder:
         self._call(self.client.log_batch, self.run_id, tags=batch)
 
     def log_metrics(
-        self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None
+        self,
+        metrics: Mapping[str, float],
+        step: int = 0,
+        model_id: str | None = None,
+        timestamp: int | None = None,
     ) -> None:
-        """Metrics at `step`; with `model_id` also shown on that logged model's page."""
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
+        """Metrics at `step`, stamped `timestamp` (ms; default now); with `model_id` also shown
+        on that logged model's page."""
+        stamp = timestamp if timestamp is not None else int(time.time() * 1000)
+        batch = [Metric(k, float(v), stamp, step, model_id=model_id) for k, v in metrics.items()]
         self._call(self.client.log_batch, self.run_id, metrics=batch)
 
     def log_dataset(
@@ -330,7 +334,7 @@ def tracked_run(
         raise
     finally:
         if recorder.unavailable is None:
-            with recorder._timed():
+            with recorder._timed("end_run"):
                 mlflow.end_run(status)
         else:  # the server is away: end the run here (MLflow would end it FINISHED at exit)
             with contextlib.suppress(Exception):
