@@ -82,6 +82,15 @@ def read_idx_dir(folder: Path) -> Arrays:
     return arrays
 
 
+def read_dataset_path(path: Path) -> Arrays:
+    """The four arrays at `dataset.path`: a folder of IDX files or a Keras-layout .npz."""
+    if path.is_dir():
+        return read_idx_dir(path)
+    if path.is_file():
+        return read_npz(path)
+    raise DataError(f"dataset.path={str(path)!r} does not exist (want an .npz or IDX folder)")
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits only the globals a pickled numpy array needs; anything else is refused."""
 

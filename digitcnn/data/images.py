@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from digitcnn.config import ImagesConfig
-from digitcnn.data.formats import KERAS_KEYS, Arrays, content_digest, read_idx_dir, read_npz
+from digitcnn.data.formats import KERAS_KEYS, Arrays, content_digest, read_dataset_path
 from digitcnn.errors import DataError
 
 
 def load_images(cfg: ImagesConfig) -> tuple[Arrays, str, dict[str, str]]:
     path = Path(cfg.path).expanduser()
-    if not path.exists():
-        raise DataError(f"dataset.path={cfg.path!r} does not exist")
-    arrays = read_idx_dir(path) if path.is_dir() else read_npz(path)
+    arrays = read_dataset_path(path)
     for key in KERAS_KEYS:
         array = arrays[key]
         if array.dtype != np.uint8:

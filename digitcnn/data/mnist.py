@@ -24,7 +24,7 @@ from digitcnn.data.formats import (
     Arrays,
     content_digest,
     mnist_pickle_to_keras,
-    read_idx_dir,
+    read_dataset_path,
     read_npz,
     write_npz_atomic,
 )
@@ -68,14 +68,6 @@ def verify(arrays: Arrays, origin: str | Path) -> None:
                 f"{origin}: {key} does not match MNIST's content digest (corrupted or not "
                 "MNIST); delete the file or point dataset.path at a good copy"
             )
-
-
-def _read_path(path: Path) -> Arrays:
-    if path.is_dir():
-        return read_idx_dir(path)
-    if path.is_file():
-        return read_npz(path)
-    raise DataError(f"dataset.path={str(path)!r} does not exist (want an .npz or IDX folder)")
 
 
 def _download_keras(target: Path) -> None:
@@ -146,7 +138,7 @@ def load_mnist(cfg: MnistConfig) -> tuple[Arrays, str, dict[str, str]]:
     published ones, which `verify` has just matched)."""
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
-        arrays = _read_path(path)
+        arrays = read_dataset_path(path)
         verify(arrays, path)
         return arrays, str(path), DIGESTS
 
