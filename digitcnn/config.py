@@ -305,7 +305,7 @@ class DebugConfig(_Checked):
     mode: str = "none"  # none | fast_dev_run | overfit | profile
     batches: int = 1  # fast_dev_run: batches of each split; overfit: the fixed training batches
     target_accuracy: float = 0.99  # overfit: train until the batches are fitted this well
-    max_epochs: int = 200  # overfit: give up (exit 1) after this many passes
+    max_epochs: int = 200  # overfit: give up (one line, exit 2) after this many passes
     profile_batches: list[int] = field(default_factory=lambda: [10, 20])  # profile: steps traced
 
     def __post_init__(self) -> None:
@@ -327,6 +327,22 @@ RESERVED_TAG_PREFIXES = (
 )  # fmt: skip
 
 
+def _check_tags(tags: list[str]) -> None:
+    for tag in tags:
+        if not _TAG.fullmatch(str(tag)) or str(tag).startswith(RESERVED_TAG_PREFIXES):
+            raise ConfigValueError(
+                "tags",
+                list(tags),
+                "names of letters, digits, '_', '-' and '.', not starting with "
+                + ", ".join(RESERVED_TAG_PREFIXES),
+            )
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigValueError("backend", backend, "one of " + ", ".join(BACKENDS))
+
+
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
@@ -344,16 +360,8 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
-        for tag in self.tags:
-            if not _TAG.fullmatch(str(tag)) or str(tag).startswith(RESERVED_TAG_PREFIXES):
-                raise ConfigValueError(
-                    "tags",
-                    list(self.tags),
-                    "names of letters, digits, '_', '-' and '.', not "
-                    "starting with " + ", ".join(RESERVED_TAG_PREFIXES),
-                )
-        if self.backend not in BACKENDS:
-            raise ConfigValueError("backend", self.backend, "one of " + ", ".join(BACKENDS))
+        _check_tags(self.tags)
+        _check_backend(self.backend)
         if self.objective not in OBJECTIVES:
             raise ConfigValueError("objective", self.objective, "one of " + ", ".join(OBJECTIVES))
 
@@ -376,8 +384,8 @@ class EvaluateConfig:
             raise ConfigValueError(
                 "model", self.model_uri, "runs:/<run id>/model, models:/<name>@<alias> or a path"
             )
-        if self.backend not in BACKENDS:
-            raise ConfigValueError("backend", self.backend, "one of " + ", ".join(BACKENDS))
+        _check_tags(self.tags)
+        _check_backend(self.backend)
 
 
 _GROUP_SCHEMAS = {
