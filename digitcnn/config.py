@@ -438,9 +438,10 @@ def schema_config(saved: DictConfig) -> DictConfig:
     return merged
 
 
-def to_typed(cfg: DictConfig) -> Config:
-    """Resolve the composed config into schema objects, running every range check; a value
-    the config leaves for the user to give (`???`) is a one-line error naming its key."""
+def to_typed(cfg: DictConfig) -> Config | EvaluateConfig:
+    """Resolve the composed config (a run's, or the evaluate command's) into schema objects,
+    running every range check; a value the config leaves for the user to give (`???`) is a
+    one-line error naming its key."""
     try:
         return OmegaConf.to_object(cfg)
     except MissingMandatoryValue as exc:

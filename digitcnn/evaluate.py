@@ -19,11 +19,10 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from digitcnn import paths
 from digitcnn.backends import select_backend
-from digitcnn.config import EvaluateConfig, register_configs
+from digitcnn.config import EvaluateConfig, register_configs, to_typed
 from digitcnn.errors import InputError
 from digitcnn.runtime import import_keras_quietly
 
@@ -32,57 +31,43 @@ log = logging.getLogger("digitcnn")
 
 
 def _typed(cfg: DictConfig) -> EvaluateConfig:
-    try:
-        return OmegaConf.to_object(cfg)
-    except MissingMandatoryValue as exc:
-        key = exc.full_key or "model_uri"
-        if key == "model_uri":
-            raise InputError(
-                "model is required: model=runs:/<run id>/model or models:/<name>@<alias>"
-            ) from None
-        raise InputError(f"{key} is required") from None
+    if OmegaConf.is_missing(cfg, "model_uri"):  # the user's word for it is model=
+        raise InputError("model is required: model=runs:/<run id>/model or models:/<name>@<alias>")
+    return to_typed(cfg)
 
 
-def _model_info(uri: str):
-    """MLflow's description of the logged model at `uri` (its signature and source run)."""
+def _load_model(uri: str):
+    """The logged pyfunc model at `uri`; its metadata holds its signature and source run."""
     import mlflow
 
     try:
-        return mlflow.models.get_model_info(uri)
+        return mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MLflow's errors for unknown runs, names, aliases and paths
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"model={uri!r} cannot be loaded: {first}") from None
-
-
-def _input_side(info) -> tuple[int, ...] | None:
-    """The image shape (height, width) the model's signature takes, if it says."""
-    schema = info.signature.inputs if info.signature else None
-    if schema is None or not schema.inputs:
-        return None
-    return tuple(schema.inputs[0].shape[1:])
 
 
 def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     typed = _typed(cfg)
     select_backend(typed.backend)
     import_keras_quietly()
-    import mlflow
 
     from digitcnn import plots, tracking
     from digitcnn.data import load_dataset
     from digitcnn.evaluation import evaluate
+    from digitcnn.serving import input_image_shape
 
     store = tracking.preflight(typed.tracking)
-    info = _model_info(typed.model_uri)
+    model = _load_model(typed.model_uri)
     data = load_dataset(typed.dataset, typed.seed)
     images = data.x_test[..., 0] * data.pixel_max  # raw pixels, as the logged model takes them
-    wanted = _input_side(info)
+    wanted = input_image_shape(model)
     if wanted is not None and wanted != images.shape[1:]:
         raise InputError(
             f"model={typed.model_uri!r} takes {'x'.join(map(str, wanted))} images; dataset "
             f"{data.name!r} ({data.source}) has {'x'.join(map(str, images.shape[1:]))}"
         )
-    probabilities = np.asarray(mlflow.pyfunc.load_model(typed.model_uri).predict(images))
+    probabilities = np.asarray(model.predict(images))
     if probabilities.shape[1] < data.num_classes:
         raise InputError(
             f"model={typed.model_uri!r} answers {probabilities.shape[1]} classes; dataset "
@@ -91,8 +76,8 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     scores = evaluate(probabilities, data.y_test)
     tags = {
         "evaluation.model": typed.model_uri,
-        "evaluation.source_run_id": info.run_id or "",
-        "evaluation.model_id": getattr(info, "model_id", "") or "",
+        "evaluation.source_run_id": model.metadata.run_id or "",
+        "evaluation.model_id": model.metadata.model_id or "",
         "dataset.digest": data.digest,
         "command": tracking.redact(" ".join(["digitcnn.evaluate", *sys.argv[1:]])),
         **{label: "true" for label in typed.tags},
@@ -121,7 +106,7 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
         len(data.y_test),
         data.source,
     )
-    log.info("evaluation run %s (trained in run %s)", recorder.run_id, info.run_id)
+    log.info("evaluation run %s (trained in run %s)", recorder.run_id, model.metadata.run_id)
     return scores.metrics()
 
 

@@ -93,8 +93,9 @@ def load_model(uri: str, tracking_uri: str | None):
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MLflow's errors for unknown runs, names and folders vary
         raise SystemExit(f"error: model={uri!r} could not be loaded: {exc}") from None
-    shape = model.metadata.get_input_schema().inputs[0].shape
-    return model, tuple(shape[1:3])
+    from digitcnn.serving import input_image_shape
+
+    return model, input_image_shape(model)
 
 
 def predict_files(model, shape: tuple[int, int], files: list[Path]) -> list[Prediction]:

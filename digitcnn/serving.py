@@ -24,6 +24,12 @@ def scale_pixels(images: np.ndarray, pixel_max: float) -> np.ndarray:
     return x
 
 
+def input_image_shape(model) -> tuple[int, ...] | None:
+    """The (height, width) of the images a loaded pyfunc model's signature takes, if it says."""
+    schema = model.metadata.get_input_schema()
+    return tuple(schema.inputs[0].shape[1:3]) if schema and schema.inputs else None
+
+
 class DigitClassifier(PythonModel):
     """Wraps the trained Keras model with the scaling the training data had."""
 
