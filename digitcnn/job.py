@@ -85,8 +85,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     from digitcnn.model import build_model
     from digitcnn.training import configure_backend
 
-    trainer, tuning = settings_for(typed.trainer, typed.backend)
-    typed = dataclasses.replace(typed, trainer=trainer)  # what this backend and device run
+    typed, tuning = _as_run_here(typed)
     log.info(
         "digitcnn on %s (Keras %s), %s; trainer: %s",
         typed.backend,
@@ -109,9 +108,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         continued = resume.continue_attempt(attempt) if attempt is not None else None
         if continued is not None:
             source, cfg = continued, continued.cfg
-            typed = to_typed(cfg)
-            trainer, tuning = settings_for(typed.trainer, typed.backend)
-            typed = dataclasses.replace(typed, trainer=trainer)
+            typed, tuning = _as_run_here(to_typed(cfg))
         elif attempt is not None:
             log.info("earlier attempt %s has no checkpoint: starting over", attempt.info.run_id)
             tracking.supersede(store, attempt.info.run_id)
@@ -176,6 +173,12 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     timings.set("job_seconds", time.perf_counter() - job_started)
     timings.write(output_dir / "timings.json")
     return float(history[typed.objective][-1])
+
+
+def _as_run_here(typed: Config) -> tuple[Config, str]:
+    """The config with the trainer settings this backend and device run, and why."""
+    trainer, tuning = settings_for(typed.trainer, typed.backend)
+    return dataclasses.replace(typed, trainer=trainer), tuning
 
 
 @contextmanager
