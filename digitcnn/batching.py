@@ -57,3 +57,12 @@ def even_batch(count: int, largest: int) -> int:
         return max(count, 1)
     size = next(b for b in range(largest, 0, -1) if count % b == 0)
     return size if size * 4 >= largest else largest
+
+
+PREDICT_BATCH = 1024  # images per compiled call when validating and testing
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The model's class probabilities for `images`, in even batches of at most
+    `PREDICT_BATCH` (one compiled shape where the count allows)."""
+    return model.predict(images, batch_size=even_batch(len(images), PREDICT_BATCH), verbose=0)

@@ -23,14 +23,22 @@ class Evaluation:
         return {"test_accuracy": self.accuracy, "test_loss": self.loss, "macro_f1": self.macro_f1}
 
 
+def loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Categorical cross-entropy, as Keras computes it, and accuracy of predicted class
+    probabilities (N, classes) against integer labels (N,)."""
+    picked = probabilities[np.arange(len(labels)), labels]
+    loss = float(-np.mean(np.log(np.clip(picked, _EPSILON, 1.0 - _EPSILON))))
+    return loss, float(np.mean(probabilities.argmax(axis=1) == labels))
+
+
 def evaluate(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Score predicted class probabilities (N, classes) against integer labels (N,)."""
     classes = np.arange(probabilities.shape[1])
     predicted = probabilities.argmax(axis=1)
-    picked = probabilities[np.arange(len(labels)), labels]
+    loss, accuracy = loss_and_accuracy(probabilities, labels)
     return Evaluation(
-        accuracy=float(np.mean(predicted == labels)),
-        loss=float(-np.mean(np.log(np.clip(picked, _EPSILON, 1.0 - _EPSILON)))),
+        accuracy=accuracy,
+        loss=loss,
         macro_f1=float(f1_score(labels, predicted, labels=classes, average="macro")),
         confusion=confusion_matrix(labels, predicted, labels=classes),
         report=classification_report(

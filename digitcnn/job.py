@@ -282,12 +282,14 @@ def _params(
 def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, timings) -> dict:
     """Fit (checkpointing every epoch), evaluate on the test set once, log the results."""
     from digitcnn import plots, tracking
-    from digitcnn.batching import even_batch
+    from digitcnn.batching import predict_probabilities
     from digitcnn.evaluation import evaluate
 
-    history, fit_metrics = _fit(typed, model, data, recorder, checkpoint, timings)
-    batch = even_batch(len(data.x_test), 1024)
-    probabilities = model.predict(data.x_test, batch_size=batch, verbose=0)
+    history, fit_metrics, validated = _fit(typed, model, data, recorder, checkpoint, timings)
+    if validated is not None and data.x_val is data.x_test:
+        probabilities = validated  # dataset.val_size=0: the last validation was this test
+    else:
+        probabilities = predict_probabilities(model, data.x_test)
     scores = evaluate(probabilities, data.y_test)
     recorder.log_metrics({**scores.metrics(), **fit_metrics})
     labels = [str(c) for c in range(data.num_classes)]
@@ -312,7 +314,14 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
     if typed.tracking.log_model:
         requirements = tracking.model_requirements(tracking.library_versions())
         example = data.x_test[:2, ..., 0] * data.pixel_max  # raw pixels, as users hold them
-        recorder.log_model(model, example, data.pixel_max, requirements, typed.tracking.register_as)
+        recorder.log_model(
+            model,
+            example,
+            probabilities[:2],
+            data.pixel_max,
+            requirements,
+            typed.tracking.register_as,
+        )
 
     log.info(
         "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",
@@ -338,8 +347,9 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
 
 
 def _fit(typed, model, data, recorder, checkpoint, timings):
-    """Train the epochs not yet done, checkpointing each; returns every epoch's history and
-    the fit's metrics (`_fit_metrics`); none when a resumed run had trained all its epochs
+    """Train the epochs not yet done, checkpointing each; returns every epoch's history, the
+    fit's metrics (`_fit_metrics`) and the trained model's probabilities for the validation
+    images; no metrics and no probabilities when a resumed run had trained all its epochs
     already (it was stopped while it evaluated and recorded them)."""
     from digitcnn import debug, tracking
     from digitcnn.checkpoint import EpochCheckpoint
@@ -348,7 +358,7 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     done = checkpoint.epoch if checkpoint else 0
     if done >= typed.trainer.epochs:
         log.info("all %d epochs were trained; evaluating and recording", done)
-        return checkpoint.history, {}
+        return checkpoint.history, {}, None
     timings.set("fit_start_seconds", process_age())
     saver = EpochCheckpoint(
         Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
@@ -370,7 +380,8 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     for name, value in metrics.items():
         timings.set(name, value)
     metrics |= debug.verdict(typed, checks, saver.history)
-    return saver.history, metrics  # every epoch, those before a resume included
+    # every epoch, those before a resume included
+    return saver.history, metrics, result.validation_probabilities
 
 
 def _fit_metrics(result: TrainResult, train_size: int) -> dict[str, float]:

@@ -186,6 +186,8 @@ class TrainResult:
     history: dict[str, list[float]]  # per epoch: loss, accuracy, val_*, epoch_seconds, lr
     train_seconds: float  # the whole `fit`, compilation included
     images_per_second: float  # training images processed per second of `fit`
+    # The trained model's class probabilities for the validation images (its last validation)
+    validation_probabilities: np.ndarray | None = None
 
 
 def train(
@@ -216,7 +218,7 @@ def train(
     validation = RecalibratedValidation(
         data.x_train,
         data.x_val,
-        one_hot[data.y_val],
+        data.y_val,
         cfg.bn_recalibration_batches,
         cfg.batch_size,
         seed,
@@ -238,4 +240,5 @@ def train(
         images_per_second=min(len(data.x_train), steps_per_epoch * cfg.batch_size)
         * (cfg.epochs - initial_epoch)
         / seconds,
+        validation_probabilities=validation.probabilities,
     )

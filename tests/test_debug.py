@@ -22,13 +22,18 @@ def test_fast_dev_run_takes_one_batch_through_the_whole_path_and_registers_nothi
 
 
 def test_overfit_fits_ten_fixed_batches(tmp_path):
-    proc = run_cli(tmp_path, "experiment=quick", "debug=overfit")
+    # dataset.val_size=0 validates on the test set, except here: overfit validates on its
+    # training batches, and the test set must still be scored on its own.
+    proc = run_cli(tmp_path, "experiment=quick", "debug=overfit", "dataset.val_size=0")
     assert proc.returncode == 0, failure_report(proc)
     (run,) = runs_of(tmp_path, "quick")
     assert run.data.tags["debug"] == "overfit"
     assert run.data.metrics["overfit_accuracy"] >= 0.99
     assert 1 <= run.data.metrics["overfit_epochs"] < 200
     assert run.data.params["derived.train_size"] == "320"  # 10 batches of 32
+    assert run.data.params["derived.test_size"] == "360"
+    assert run.data.metrics["val_accuracy"] >= 0.99  # the fitted batches
+    assert run.data.metrics["test_accuracy"] < run.data.metrics["val_accuracy"]
 
     stuck = run_cli(tmp_path, "experiment=quick", "debug=overfit", "debug.max_epochs=1",
                     "optimizer.lr=1e-6")  # fmt: skip

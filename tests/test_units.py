@@ -242,6 +242,23 @@ def test_short_runs_validate_with_recalibrated_statistics():
     assert accuracy[32] >= 0.85 and accuracy[0] < 0.7, accuracy
 
 
+def test_the_last_validation_is_the_trained_models_answer():
+    """With dataset.val_size=0 a run takes its last validation's probabilities as the test
+    set's: they must be what the trained model answers for the test images."""
+    from digitcnn.batching import predict_probabilities
+    from digitcnn.config import DigitsConfig, TrainerConfig
+    from digitcnn.data import load_dataset
+    from digitcnn.model import build_cnn
+    from digitcnn.training import train
+
+    data = load_dataset(DigitsConfig(val_size=0), seed=0)
+    model = build_cnn(CNNConfig(), data.input_shape, data.num_classes)
+    result = train(model, data, AdamConfig(), TrainerConfig(epochs=2), seed=0)
+    np.testing.assert_allclose(
+        result.validation_probabilities, predict_probabilities(model, data.x_test), atol=1e-6
+    )
+
+
 @pytest.mark.parametrize(
     ("count", "largest", "size"),
     [(10000, 1024, 1000), (5000, 256, 250), (180, 256, 180), (997, 512, 512), (0, 64, 1)],

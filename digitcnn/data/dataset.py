@@ -67,20 +67,21 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
     x, y = arrays["x_train"], arrays["y_train"]
     if cfg.limit is not None and cfg.limit < len(x):
         x, _, y, _ = train_test_split(x, y, train_size=cfg.limit, stratify=y, random_state=seed)
+    x_test, y_test = _scale(arrays["x_test"], pixel_max), arrays["y_test"].astype(np.int64)
+    x_val, y_val = x_test, y_test  # val_size=0: the test arrays themselves, predicted once
     if cfg.val_size > 0:
         x, x_val, y, y_val = train_test_split(
             x, y, test_size=cfg.val_size, stratify=y, random_state=seed
         )
-    else:
-        x_val, y_val = arrays["x_test"], arrays["y_test"]
+        x_val, y_val = _scale(x_val, pixel_max), y_val.astype(np.int64)
     return Dataset(
         name=cfg.name,
         x_train=_scale(x, pixel_max),
         y_train=y.astype(np.int64),
-        x_val=_scale(x_val, pixel_max),
-        y_val=y_val.astype(np.int64),
-        x_test=_scale(arrays["x_test"], pixel_max),
-        y_test=arrays["y_test"].astype(np.int64),
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
         num_classes=int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0))) + 1,
         digest=dataset_digest(digests),
         source=source,

@@ -245,12 +245,14 @@ class Recorder:
         self,
         model: keras.Model,
         example: np.ndarray,
+        probabilities: np.ndarray,
         pixel_max: int,
         requirements: list[str],
         register_as: str | None = None,
     ) -> None:
         """The trained model as a pyfunc over raw pixel images (see digitcnn.serving), with
-        signature and input example; registered as a version of `register_as` if given."""
+        signature and input example (`probabilities`: the model's answer to `example`);
+        registered as a version of `register_as` if given."""
         from mlflow.models import infer_signature
 
         from digitcnn import paths, serving
@@ -260,7 +262,6 @@ class Recorder:
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
             model.save(keras_file)
-            probabilities = model.predict(serving.scale_pixels(example, pixel_max), verbose=0)
             self._call(
                 mlflow.pyfunc.log_model,
                 name="model",
