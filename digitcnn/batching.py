@@ -32,13 +32,57 @@ def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -
     """`model.fit` arguments for the training data, and the steps per epoch they make.
 
     On JAX every distinct batch shape is compiled anew: there the data come as FullBatches.
-    Elsewhere (TensorFlow traces one graph for any batch size) Keras batches the arrays
-    itself and every image is used every epoch.
+    On TensorFlow (one graph for any batch size) every image is used every epoch, in
+    `shuffled_tf_batches`; elsewhere Keras batches the arrays itself.
     """
     steps, full = steps_per_epoch(len(x), batch_size)
     if full:
         return {"x": FullBatches(x, y, batch_size, seed)}, steps
+    if keras.backend.backend() == "tensorflow":
+        # shuffle=False: the pipeline shuffles; Keras's flag is for arrays it batches itself
+        return {"x": shuffled_tf_batches(x, y, batch_size, seed), "shuffle": False}, steps
     return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True}, steps
+
+
+def shuffled_tf_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    """The arrays as a tf.data pipeline of batches, in a new order every epoch (the last batch
+    ragged), the same orders for the same seed.
+
+    In place of Keras's own pipeline for arrays (`fit(x, y, shuffle=True)`, Keras 3.15), which
+    draws its order with a random op that starts again with each epoch's iterator once a
+    global seed is set (`keras.utils.set_random_seed`): every epoch saw the same order. It
+    also autotunes (see `_untuned`).
+    """
+    import tensorflow as tf
+
+    images, labels = tf.constant(x), tf.constant(y)
+    order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    batches = order.batch(batch_size).map(
+        lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=2
+    )
+    return _untuned(batches.prefetch(2))
+
+
+def predict_batches(model: keras.Model, images: np.ndarray, batch_size: int):
+    """`model.predict(images)` in batches of `batch_size`; on TensorFlow the batches come from
+    a tf.data pipeline that does not autotune (see `_untuned`)."""
+    if keras.backend.backend() != "tensorflow":
+        return model.predict(images, batch_size=batch_size, verbose=0)
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).prefetch(1)
+    return model.predict(_untuned(batches), verbose=0)
+
+
+def _untuned(dataset):
+    """`dataset` with tf.data's autotuning off. Keras's pipelines for arrays autotune, and
+    tearing down such an iterator waits, idle, for the autotuning thread to wake: `fit` or a
+    `predict` then ended 2-10 s late in about half the runs here (TF 2.21, 2 cores)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def steps_per_epoch(count: int, batch_size: int) -> tuple[int, bool]:
@@ -65,4 +109,4 @@ PREDICT_BATCH = 1024  # images per compiled call when validating and testing
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """The model's class probabilities for `images`, in even batches of at most
     `PREDICT_BATCH` (one compiled shape where the count allows)."""
-    return model.predict(images, batch_size=even_batch(len(images), PREDICT_BATCH), verbose=0)
+    return predict_batches(model, images, even_batch(len(images), PREDICT_BATCH))

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from digitcnn.batching import even_batch, predict_probabilities
+from digitcnn.batching import even_batch, predict_batches, predict_probabilities
 from digitcnn.evaluation import loss_and_accuracy
 
 _PREDICT_BATCH = 512  # at most this many images per compiled call of the statistics passes
@@ -51,7 +51,7 @@ class Recalibrator:
     def __call__(self, images: np.ndarray) -> None:
         batch = even_batch(len(images), _PREDICT_BATCH)
         for norm, probe in zip(self.norms, self._probes, strict=True):
-            means, squares = probe.predict(images, batch_size=batch, verbose=0)
+            means, squares = predict_batches(probe, images, batch)
             mean = means.mean(axis=0)
             variance = np.maximum(squares.mean(axis=0) - mean**2, 0.0)
             norm.moving_mean.assign(mean.astype(norm.moving_mean.dtype))

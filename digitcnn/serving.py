@@ -43,4 +43,6 @@ class DigitClassifier(PythonModel):
 
     # The ndarray hint tells MLflow that the logged signature, not a hint, describes the input.
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        return self.model.predict(scale_pixels(model_input, self.pixel_max), verbose=0)
+        from digitcnn.batching import predict_probabilities  # imports Keras, as load_context did
+
+        return predict_probabilities(self.model, scale_pixels(model_input, self.pixel_max))

@@ -242,6 +242,30 @@ def test_short_runs_validate_with_recalibrated_statistics():
     assert accuracy[32] >= 0.85 and accuracy[0] < 0.7, accuracy
 
 
+def test_training_batches_take_a_new_order_every_epoch_and_the_same_orders_for_a_seed():
+    """Keras 3.15's own pipeline for arrays gave every epoch the same order once a global
+    seed was set; each epoch (a new pass over the batches) must be shuffled anew."""
+    import keras
+
+    from digitcnn.batching import training_batches
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tf.data pipeline is TensorFlow's")
+    keras.utils.set_random_seed(0)
+    x = np.arange(200, dtype=np.float32)[:, None]
+
+    def two_epochs(seed: int) -> list[np.ndarray]:
+        args, steps = training_batches(x, x.copy(), 64, seed)
+        assert steps == 4  # 3 full batches and a ragged one
+        return [np.concatenate([np.asarray(b[0]).ravel() for b in args["x"]]) for _ in range(2)]
+
+    first, second = two_epochs(seed=1)
+    assert sorted(first) == list(range(200)) and sorted(second) == list(range(200))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(two_epochs(seed=1)[1], second)  # reproducible per seed
+    assert not np.array_equal(two_epochs(seed=2)[0], first)
+
+
 def test_the_last_validation_is_the_trained_models_answer():
     """With dataset.val_size=0 a run takes its last validation's probabilities as the test
     set's: they must be what the trained model answers for the test images."""
