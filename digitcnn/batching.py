@@ -1,4 +1,5 @@
-"""Batches that suit a backend which compiles one program per batch shape (JAX)."""
+"""The batches each backend trains and predicts on: one shape on JAX (it compiles a program per
+batch shape), tf.data pipelines of digitcnn's own on TensorFlow."""
 
 from __future__ import annotations
 
