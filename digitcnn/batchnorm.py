@@ -74,8 +74,8 @@ class RecalibratedValidation(keras.callbacks.Callback):
     recomputed statistics.
 
     Validation is `predict_probabilities` (the batches the test set is predicted in, so one
-    compiled program serves both) scored in NumPy; `probabilities` keeps
-    the last epoch's answer for `x_val`, which is the test set's when they are one array."""
+    compiled program serves both) scored in NumPy; `probabilities` keeps the last epoch's
+    answer for `x_val`, which is the test set's when they are one array."""
 
     def __init__(
         self,
@@ -89,7 +89,6 @@ class RecalibratedValidation(keras.callbacks.Callback):
         super().__init__()
         self.x_train, self.x_val, self.y_val = x_train, x_val, y_val  # y_val: class numbers
         self.images = min(len(x_train), batches * batch_size)
-        self.batch_size = batch_size
         self.probabilities: np.ndarray | None = None
         self._rng = np.random.default_rng(seed)
         self._recalibrator: Recalibrator | None = None

@@ -67,14 +67,15 @@ def test_a_sweep_runs_its_jobs_on_the_clusters_nodes(cluster, tmp_path):
 
 def test_a_node_that_dies_mid_sweep_costs_no_job_and_no_duplicate(tmp_path_factory, tmp_path):
     """Stop the second node while its job trains: Ray runs the job again on the head, which
-    continues the job's run from its last checkpoint; the sweep ends with each job once."""
+    continues the job's run from its last checkpoint; the sweep ends with each job once.
+    (30 short epochs: the job must still be training when its node is stopped.)"""
     ray = RayCluster(tmp_path_factory.mktemp("ray-home"), cpus=1)
     try:
         ray.start(workers=1)
         head = ray.head_node_id()
         sweep = subprocess.Popen(
             [sys.executable, "-m", "digitcnn.run", "-m", "hydra/launcher=ray",
-             "dataset=digits", "trainer.epochs=5", "seed=1,2"],
+             "dataset=digits", "trainer.epochs=30", "seed=1,2"],
             cwd=tmp_path,
             env=cli_env(tmp_path) | {"RAY_ADDRESS": ray.address, "RAY_TMPDIR": str(ray.temp)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
