@@ -23,3 +23,8 @@ class DataError(InputError):
 
 class TrackingUnavailable(InputError):
     """The tracking server stayed unreachable past `tracking.outage_limit_seconds`."""
+
+
+class RecorderGone(InputError):
+    """The recorder process of a single run ended while the run was open (killed, or out of
+    memory): the run stays open, and `resume=` finishes it from its last checkpoint."""

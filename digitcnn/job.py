@@ -32,6 +32,7 @@ from digitcnn.config import Config, TrainerConfig, to_typed
 from digitcnn.resume import RESOLVED_CONFIG, job_source
 from digitcnn.runtime import import_keras_quietly
 from digitcnn.timing import Timings, process_age
+from digitcnn.tracking.recording import open_recording
 
 if TYPE_CHECKING:
     from digitcnn.training import TrainResult
@@ -76,8 +77,22 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     select_backend(typed.backend)  # a resumed run goes on where it started
     parent_run_id = _parent_run_id(hydra_cfg)
 
+    # A single run records from a second process, started now: it imports MLflow and opens
+    # the store while this process imports Keras (see digitcnn.tracking.recording).
+    recording = open_recording(typed.tracking, separate=not in_sweep)
+    try:
+        return _job(cfg, typed, source, recording, parent_run_id, timings, job_started)
+    finally:
+        recording.close()
+
+
+def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> float:
+    """The job once its config is known: imports, data, model, the run and its records."""
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     with timings.measure("import_seconds"):
-        _import_libraries(typed.tracking.uri)
+        _import_libraries(typed.tracking.uri, with_mlflow=in_sweep)
     import keras
 
     from digitcnn import debug, tracking
@@ -96,8 +111,8 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     for line in _summary_lines(typed):
         log.info(line)
 
-    with timings.measure("mlflow_preflight_seconds"):
-        store = tracking.preflight(typed.tracking)
+    with timings.measure("mlflow_preflight_seconds"):  # the wait for it, when separate
+        store = recording.preflight()
         if parent_run_id is None and in_sweep:
             parent_run_id = tracking.find_parent_run(store, str(Path(hydra_cfg.sweep.dir)))
     if parent_run_id:
@@ -140,8 +155,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         tags["rerun_of"] = source.rerun_of
     with (
         _outage_explained(output_dir),
-        tracking.tracked_run(
-            store,
+        recording.tracked_run(
             _run_name(typed, overrides),
             tags,
             parent_run_id,
@@ -168,6 +182,8 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
             if (output_dir / "profile").is_dir():
                 recorder.log_folder(output_dir / "profile", "profile/trace")
         _log_job_log(recorder, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
+    separately = " (in the recorder process)" if not in_sweep else ""
+    log.info("MLflow calls %.2fs%s", recorder.seconds, separately)
     timings.set("mlflow_seconds", recorder.seconds)
     timings.set_series("mlflow_call_seconds", recorder.call_seconds)
     timings.set("job_seconds", time.perf_counter() - job_started)
@@ -183,8 +199,9 @@ def _as_run_here(typed: Config) -> tuple[Config, str]:
 
 @contextmanager
 def _outage_explained(output_dir: Path) -> Iterator[None]:
-    """A tracking server that stayed away: say where the work is and how to record it."""
-    from digitcnn.errors import TrackingUnavailable
+    """A tracking server that stayed away, or a recorder process that died: say where the
+    work is and how to record it."""
+    from digitcnn.errors import RecorderGone, TrackingUnavailable
 
     try:
         yield
@@ -193,15 +210,22 @@ def _outage_explained(output_dir: Path) -> Iterator[None]:
             f"{exc}; the trained epochs are checkpointed in {output_dir}: once the server is "
             f"back, `python -m digitcnn.run resume={output_dir}` records them"
         ) from None
+    except RecorderGone as exc:
+        raise RecorderGone(
+            f"{exc}; the trained epochs are checkpointed in {output_dir}: "
+            f"`python -m digitcnn.run resume={output_dir}` records them and finishes the run"
+        ) from None
 
 
-def _import_libraries(tracking_uri: str) -> None:
-    """Keras and its backend, MLflow (with its store's modules) and matplotlib, up front: a
-    job's timings then show import time apart from the work it does."""
+def _import_libraries(tracking_uri: str, with_mlflow: bool) -> None:
+    """Keras and its backend, matplotlib and, `with_mlflow` (jobs of a sweep), MLflow with its
+    store's modules, up front: a job's timings then show import time apart from the work it
+    does."""
     import_keras_quietly()
-    for module in ("digitcnn.serving", "digitcnn.plots"):
-        import_module(module)
-    import_module("digitcnn.tracking").import_store_modules(tracking_uri)
+    import_module("digitcnn.plots")
+    if with_mlflow:
+        import_module("digitcnn.serving")
+        import_module("digitcnn.tracking.store").import_store_modules(tracking_uri)
 
 
 def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | None) -> dict:
@@ -292,6 +316,18 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
         probabilities = predict_probabilities(model, data.x_test)
     scores = evaluate(probabilities, data.y_test)
     recorder.log_metrics({**scores.metrics(), **fit_metrics})
+    # First the model: a recorder process logs it while the figures are drawn here.
+    if typed.tracking.log_model:
+        requirements = tracking.model_requirements(tracking.library_versions())
+        example = data.x_test[:2, ..., 0] * data.pixel_max  # raw pixels, as users hold them
+        recorder.log_model(
+            model,
+            example,
+            probabilities[:2],
+            data.pixel_max,
+            requirements,
+            typed.tracking.register_as,
+        )
     labels = [str(c) for c in range(data.num_classes)]
     recorder.log_files(
         {
@@ -311,17 +347,6 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
         },
         folder="config",
     )
-    if typed.tracking.log_model:
-        requirements = tracking.model_requirements(tracking.library_versions())
-        example = data.x_test[:2, ..., 0] * data.pixel_max  # raw pixels, as users hold them
-        recorder.log_model(
-            model,
-            example,
-            probabilities[:2],
-            data.pixel_max,
-            requirements,
-            typed.tracking.register_as,
-        )
 
     log.info(
         "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",
@@ -336,7 +361,6 @@ def _train_and_record(typed, cfg, model, data, recorder, checkpoint, overrides, 
             fit_metrics["train_seconds"],
             fit_metrics["images_per_second"],
         )
-    log.info("MLflow calls %.2fs", recorder.seconds)
     log.info("run %s in experiment %r", recorder.run_id, typed.tracking.experiment)
     log.info("artifacts %s", recorder.artifact_uri)
     log.info(

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from digitcnn.backends import select_backend
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
-from digitcnn.runtime import hide_secrets_in_logs, import_keras_quietly
+from digitcnn.runtime import hide_secrets_in_logs
 
 log = logging.getLogger("digitcnn.sweep")
 
@@ -87,7 +87,6 @@ class MlflowSweepCallback(Callback):
 
     def _open_parent(self, config: DictConfig) -> None:
         select_backend(config.backend)  # before Keras is imported, as a job would
-        import_keras_quietly()  # the tracking module imports Keras
         from digitcnn import tracking
 
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from digitcnn import tracking
 from digitcnn.config import TrackingConfig
+from digitcnn.tracking.recording import SERVICE as RECORDER_SERVICE
 from tests.conftest import (
     cli_env,
     client_for,
@@ -315,3 +317,69 @@ def test_a_run_killed_while_recording_is_finished_by_resume(tmp_path):
 
     again = run_cli(tmp_path, f"resume={run.info.run_id}")
     assert again.returncode == 2 and "already has 2 epochs" in again.stderr
+
+
+def recorder_processes(pid: int) -> list[int]:
+    """The live recorder processes that process `pid` started (their command line names it;
+    Linux's /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode().split("\0")
+        except OSError:
+            continue  # ended meanwhile
+        if RECORDER_SERVICE in args and args[-2:-1] == [str(pid)]:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_recorder_process_killed_mid_training_leaves_the_run_to_resume(tmp_path):
+    """A single run's recorder process (MLflow) killed while the model trains: training stops
+    at the epoch's end with one line saying how to go on; resume= records every epoch and
+    finishes the same run."""
+    proc = start_cli(
+        tmp_path, *DIGITS, "trainer.epochs=3", "trainer.batch_size=4", "tracking.experiment=rp"
+    )
+    wait_for_epoch(tmp_path, 1, proc)
+    (recorder,) = recorder_processes(proc.pid)
+    os.kill(recorder, signal.SIGKILL)
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 2, output
+    last = output.strip().splitlines()[-1]
+    assert "recorder process (MLflow) ended unexpectedly, killed by signal 9" in last
+    assert "resume=" in last and "Traceback" not in output
+    client, run = only_run(tmp_path, "rp")
+    assert run.info.status == "RUNNING"
+
+    resumed = run_cli(tmp_path, f"resume={run.info.run_id}")
+    assert resumed.returncode == 0, failure_report(resumed)
+    client, run = only_run(tmp_path, "rp")
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert sorted(steps) == [1, 2, 3]
+
+
+def test_a_single_run_records_from_a_recorder_process_that_ends_with_it(tmp_path):
+    """What a single run's training process runs imports no MLflow (its recorder process
+    does, meanwhile); the recorder process ends with the run."""
+    training_side = (
+        "digitcnn.job",
+        "digitcnn.debug",
+        "digitcnn.training",
+        "digitcnn.plots",
+        "digitcnn.tracking.callback",
+        "digitcnn.tracking.describe",
+        "digitcnn.tracking.files",
+    )
+    code = f"import sys, {', '.join(training_side)}; print('mlflow' in sys.modules)"
+    check = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(tmp_path), capture_output=True, text=True
+    )
+    assert check.stdout.strip() == "False", check.stderr
+
+    proc = start_cli(tmp_path, *DIGITS, "trainer.epochs=1")
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, output
+    assert "(in the recorder process)" in output
+    assert not recorder_processes(proc.pid)

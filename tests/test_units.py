@@ -308,3 +308,29 @@ def test_secret_settings_are_masked_in_log_lines(caplog):
     (line,) = caplog.messages
     assert "s3cret" not in line and "t0k" not in line
     assert "'MLFLOW_TRACKING_PASSWORD': '***'" in line and "'alice'" in line
+
+
+def test_a_channel_message_arriving_in_pieces_is_read_whole_once_complete():
+    import pickle
+    import socket
+    import threading
+
+    from digitcnn.tracking.channel import Channel, ChannelClosed
+
+    ours, theirs = socket.socketpair()
+    channel = Channel(ours)
+    payload = pickle.dumps(("record", ("log_epoch", {"loss": 0.5}, 1), {}))
+    frame = len(payload).to_bytes(8, "big") + payload
+    for piece in (frame[:3], frame[3:20], frame[20:]):
+        assert channel.receive(wait=False) is None  # what came so far is kept, not lost
+        theirs.sendall(piece)
+    assert channel.receive(wait=False) == ("record", ("log_epoch", {"loss": 0.5}, 1), {})
+    big = np.arange(300_000)  # more than a socket's buffer: sent in many pieces, read whole
+    sender = threading.Thread(target=Channel(theirs).send, args=(("ok", big, []),))
+    sender.start()
+    status, value, records = channel.receive()
+    sender.join()
+    assert status == "ok" and np.array_equal(value, big) and records == []
+    theirs.close()
+    with pytest.raises(ChannelClosed):
+        channel.receive()

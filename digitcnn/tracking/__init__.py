@@ -1,61 +1,64 @@
-"""Everything MLflow. Training never imports this package; it gets `EpochMetricsLogger` as a
-Keras callback.
+"""Everything MLflow. Training never imports MLflow; it gets `EpochMetricsLogger` as a Keras
+callback and hands its records to a recorder.
 
-- store: where runs are recorded, its checks, redaction, versions and git state;
-- runs: one run's lifecycle and what it writes;
+- describe: what describes a run (redaction, flattened config, versions, git state), no MLflow;
+- store: where runs are recorded, its creation and checks;
+- runs: one run's lifecycle and what it writes (`Recorder`);
+- process: a single run's recorder in a second process, so that MLflow's imports and calls
+  overlap the training process's (see `RecorderProcess`); service: that process's side;
+- callback: the per-epoch Keras callback; files: artifacts written to a folder;
 - sweeps: a sweep's parent run, its children, failed jobs and the champion alias.
+
+Names are imported from their module on first use: `from digitcnn.tracking import redact`
+does not import MLflow (~1.5 s), `from digitcnn.tracking import Recorder` does.
 """
 
-from digitcnn.tracking.runs import EpochMetricsLogger, Recorder, tracked_run
-from digitcnn.tracking.store import (
-    Store,
-    client_for,
-    flatten,
-    git_state,
-    import_store_modules,
-    library_versions,
-    model_requirements,
-    preflight,
-    redact,
-    tracking_client,
-)
-from digitcnn.tracking.sweeps import (
-    CHAMPION,
-    earlier_attempt,
-    end_parent_run,
-    find_parent_run,
-    has_child,
-    open_parent_run,
-    record_failed_run,
-    reopen_parent_run,
-    set_champion,
-    supersede,
-    sweep_records,
-)
+from importlib import import_module
 
-__all__ = [
-    "CHAMPION",
-    "EpochMetricsLogger",
-    "Recorder",
-    "Store",
-    "client_for",
-    "earlier_attempt",
-    "end_parent_run",
-    "find_parent_run",
-    "flatten",
-    "git_state",
-    "has_child",
-    "import_store_modules",
-    "library_versions",
-    "model_requirements",
-    "open_parent_run",
-    "preflight",
-    "record_failed_run",
-    "redact",
-    "reopen_parent_run",
-    "set_champion",
-    "supersede",
-    "sweep_records",
-    "tracked_run",
-    "tracking_client",
-]
+_HOMES = {
+    "describe": (
+        "flatten",
+        "git_state",
+        "library_versions",
+        "model_requirements",
+        "redact",
+    ),
+    "store": (
+        "Store",
+        "client_for",
+        "import_store_modules",
+        "preflight",
+        "tracking_client",
+    ),
+    "runs": ("Recorder", "tracked_run"),
+    "callback": ("EpochMetricsLogger",),
+    "process": ("RecorderProcess",),
+    "sweeps": (
+        "CHAMPION",
+        "earlier_attempt",
+        "end_parent_run",
+        "find_parent_run",
+        "has_child",
+        "open_parent_run",
+        "record_failed_run",
+        "reopen_parent_run",
+        "set_champion",
+        "supersede",
+        "sweep_records",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once found, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import re
@@ -15,18 +14,20 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 
 from digitcnn.errors import InputError, TrackingUnavailable
+from digitcnn.tracking.files import write_files
 from digitcnn.tracking.store import Store, refusal
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
@@ -223,22 +224,10 @@ class Recorder:
         self._call(self.client.log_artifacts, self.run_id, str(path), folder)
 
     def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
-        """Write {name: content} to a temporary folder and log it: a figure, a frame, a dict
-        (JSON) or text. A file lands in the store whole, or the call fails."""
-        import matplotlib.pyplot as plt
-
+        """Write {name: content} (see `write_files`) to a temporary folder and log it. A file
+        lands in the store whole, or the call fails."""
         with tempfile.TemporaryDirectory() as tmp:
-            for name, content in files.items():
-                path = Path(tmp) / name
-                if hasattr(content, "savefig"):
-                    content.savefig(path, dpi=110)
-                    plt.close(content)
-                elif isinstance(content, pd.DataFrame):
-                    content.to_csv(path)
-                elif isinstance(content, dict):
-                    path.write_text(json.dumps(content, indent=2))
-                else:
-                    path.write_text(str(content))
+            write_files(files, Path(tmp))
             self._call(self.client.log_artifacts, self.run_id, tmp, folder)
 
     def log_model(
@@ -250,57 +239,57 @@ class Recorder:
         requirements: list[str],
         register_as: str | None = None,
     ) -> None:
-        """The trained model as a pyfunc over raw pixel images (see digitcnn.serving), with
+        """The trained model as a pyfunc over raw pixel images; see `log_keras_file`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            keras_file = Path(tmp) / "model.keras"
+            model.save(keras_file)
+            self.log_keras_file(
+                keras_file, example, probabilities, pixel_max, requirements, register_as
+            )
+
+    def log_keras_file(
+        self,
+        keras_file: Path,
+        example: np.ndarray,
+        probabilities: np.ndarray,
+        pixel_max: int,
+        requirements: list[str],
+        register_as: str | None = None,
+    ) -> None:
+        """A saved Keras model as a pyfunc over raw pixel images (see digitcnn.serving), with
         signature and input example (`probabilities`: the model's answer to `example`);
-        registered as a version of `register_as` if given."""
+        registered as a version of `register_as` if given. MLflow loads the logged model back
+        and runs the example through it, so Keras must be importable here."""
         from mlflow.models import infer_signature
 
         from digitcnn import paths, serving
 
         if self._package_scan is not None:
             self._package_scan.join()
-        with tempfile.TemporaryDirectory() as tmp:
-            keras_file = Path(tmp) / "model.keras"
-            model.save(keras_file)
-            self._call(
-                mlflow.pyfunc.log_model,
-                name="model",
-                python_model=str(paths.PACKAGE_DIR / "logged_model.py"),  # code, no pickle
-                artifacts={serving.KERAS_ARTIFACT: str(keras_file)},
-                model_config={"pixel_max": pixel_max},
-                signature=infer_signature(example, probabilities),
-                input_example=example,
-                code_paths=[str(paths.PACKAGE_DIR)],  # loads without digitcnn installed
-                pip_requirements=requirements,  # pinned here: inferring them costs seconds
-                registered_model_name=register_as,
-            )
+        self._call(
+            mlflow.pyfunc.log_model,
+            name="model",
+            python_model=str(paths.PACKAGE_DIR / "logged_model.py"),  # code, no pickle
+            artifacts={serving.KERAS_ARTIFACT: str(keras_file)},
+            model_config={"pixel_max": pixel_max},
+            signature=infer_signature(example, probabilities),
+            input_example=example,
+            code_paths=[str(paths.PACKAGE_DIR)],  # loads without digitcnn installed
+            pip_requirements=requirements,  # pinned here: inferring them costs seconds
+            registered_model_name=register_as,
+        )
 
 
-class EpochMetricsLogger(keras.callbacks.Callback):
-    """One `log_batch` per epoch, step = epoch number (1-based), written in the background;
-    nothing per batch."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.recorder.log_epoch(dict(logs or {}), step=epoch + 1)
-
-
-@contextmanager
-def tracked_run(
+def open_run(
     store: Store,
     run_name: str,
     tags: Mapping[str, str],
     parent_run_id: str | None = None,
     run_id: str | None = None,
     outage_limit: float = 900,
-) -> Iterator[Recorder]:
-    """Open one run in `store` (from `preflight`; nested under `parent_run_id` in a sweep;
-    `run_id` reopens an interrupted one); it ends FINISHED, FAILED (traceback logged) or KILLED
-    (Ctrl-C), never open; after `outage_limit` seconds without the server, FAILED if the
-    server takes that call, and `TrackingUnavailable` is raised."""
+) -> Recorder:
+    """Start one run in `store` (from `preflight`; nested under `parent_run_id` in a sweep;
+    `run_id` reopens an interrupted one); `finish_run` ends it."""
     started = time.perf_counter()
     try:
         if run_id:
@@ -319,20 +308,25 @@ def tracked_run(
         raise InputError(reason) from None
     recorder = Recorder(store.client, run.info.run_id, run.info.artifact_uri, outage_limit)
     recorder.seconds = time.perf_counter() - started
+    return recorder
+
+
+def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "") -> None:
+    """End the run `open_run` started, after the work it records ended with `error` (None:
+    it succeeded; `trace`: the error's traceback). FINISHED once every queued epoch is
+    written; KILLED after Ctrl-C; otherwise FAILED, with the traceback as traceback.txt.
+    After an outage past the limit nothing more can be written and the run waits for
+    `resume=`; `TrackingUnavailable` is raised then."""
     status = "FAILED"
     try:
-        yield recorder
-        recorder.flush()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except TrackingUnavailable:
-        raise  # nothing more can be written: the run waits for resume=
-    except BaseException:
-        with contextlib.suppress(TrackingUnavailable):
-            recorder.log_files({"traceback.txt": traceback.format_exc()})
-        raise
+        if error is None:
+            recorder.flush()
+            status = "FINISHED"
+        elif isinstance(error, KeyboardInterrupt):
+            status = "KILLED"
+        elif not isinstance(error, TrackingUnavailable):
+            with contextlib.suppress(TrackingUnavailable):
+                recorder.log_files({"traceback.txt": trace})
     finally:
         if recorder.unavailable is None:
             with recorder._timed("end_run"):
@@ -340,4 +334,25 @@ def tracked_run(
         else:  # the server is away: end the run here (MLflow would end it FINISHED at exit)
             with contextlib.suppress(Exception):
                 mlflow.end_run("FAILED")
-        log.debug("MLflow run %s ended %s", run.info.run_id, status)
+        log.debug("MLflow run %s ended %s", recorder.run_id, status)
+
+
+@contextmanager
+def tracked_run(
+    store: Store,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    outage_limit: float = 900,
+) -> Iterator[Recorder]:
+    """One run (see `open_run`) around the block; it ends FINISHED, FAILED (traceback logged)
+    or KILLED (Ctrl-C), never open; after `outage_limit` seconds without the server, FAILED if
+    the server takes that call, and `TrackingUnavailable` is raised."""
+    recorder = open_run(store, run_name, tags, parent_run_id, run_id, outage_limit)
+    try:
+        yield recorder
+    except BaseException as exc:
+        finish_run(recorder, exc, traceback.format_exc())
+        raise
+    finish_run(recorder, None)

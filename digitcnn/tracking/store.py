@@ -1,25 +1,18 @@
-"""Where runs are recorded and what describes them: the store, its checks, redaction,
-the versions and git state a run records."""
+"""Where runs are recorded: the store, its creation under a lock, its checks and refusals."""
 
 from __future__ import annotations
 
 import logging
 import os
-import platform
-import re
-import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from importlib import import_module
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import keras
 import mlflow
-import numpy as np
 from filelock import FileLock
 from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
@@ -28,28 +21,11 @@ from digitcnn import paths
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
 from digitcnn.runtime import mlflow_defaults
+from digitcnn.tracking.describe import redact
 
 mlflow_defaults()  # before MLflow reads its settings: no bars, no URL, short retries
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def redact(uri: str) -> str:
-    """`scheme://user:password@host` -> `scheme://***@host`: secrets never reach a record."""
-    return _CREDENTIALS.sub("***@", uri)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"model.dropout": "0.25", ...}; lists stay whole, as `[32, 64]`."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = str(value)
-    return flat
 
 
 def _experiment(client: MlflowClient, cfg: TrackingConfig) -> Experiment:
@@ -68,52 +44,6 @@ def _experiment(client: MlflowClient, cfg: TrackingConfig) -> Experiment:
             raise
         return experiment
     return client.get_experiment(experiment_id)
-
-
-def git_state(folder: Path) -> dict[str, str]:
-    """The commit and dirty flag of the checkout holding `folder`; empty outside a checkout."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
-
-
-@cache  # the same for every run of a process; callers must not change it
-def library_versions() -> dict[str, str]:
-    import sklearn
-
-    versions = {
-        "version.python": platform.python_version(),
-        "version.keras": keras.__version__,
-        "version.mlflow": mlflow.__version__,
-        "version.numpy": np.__version__,
-        "version.scikit_learn": sklearn.__version__,
-    }
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        versions["version.tensorflow"] = tf.__version__
-    return versions
-
-
-def model_requirements(versions: Mapping[str, str]) -> list[str]:
-    """Pinned pip requirements of a logged model: Keras, its backend and MLflow, as trained."""
-    pins = {
-        "keras": versions["version.keras"],
-        "mlflow": versions["version.mlflow"],
-        "numpy": versions["version.numpy"],
-    }
-    if "version.tensorflow" in versions:
-        pins["tensorflow"] = versions["version.tensorflow"]
-    return [f"{name}=={version}" for name, version in pins.items()]
 
 
 def import_store_modules(uri: str) -> None:

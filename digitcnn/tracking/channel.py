@@ -1,0 +1,62 @@
+"""Messages between a training process and its recorder process: pickles, length-prefixed,
+over a socket pair. Ctrl-C garbles nothing: it can interrupt a read or a send only while no
+bytes move; what was received waits for the next read, what is left to send goes out first
+with the next send."""
+
+from __future__ import annotations
+
+import pickle
+import select
+import signal
+import socket
+from typing import Any
+
+_HEADER = 8  # bytes of length before each message
+
+
+class ChannelClosed(EOFError):
+    """The other process closed its end (it ended, or was killed)."""
+
+
+class Channel:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._received = bytearray()
+        self._unsent = bytearray()
+
+    def send(self, message: Any) -> None:
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._unsent += len(payload).to_bytes(_HEADER, "big") + payload
+        while self._unsent:
+            select.select([], [self.sock], [])  # interruptible: nothing moves while waiting
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:  # sent and forgotten together, or neither
+                sent = self.sock.send(self._unsent, socket.MSG_DONTWAIT)
+                del self._unsent[:sent]
+            except BlockingIOError:
+                pass
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def receive(self, wait: bool = True) -> Any:
+        """The next message; with `wait=False`, None when none has arrived whole yet."""
+        while True:
+            buffered = self._received
+            if len(buffered) >= _HEADER:
+                end = _HEADER + int.from_bytes(buffered[:_HEADER], "big")
+                if len(buffered) >= end:
+                    message = pickle.loads(buffered[_HEADER:end])
+                    del buffered[:end]
+                    return message
+            try:
+                chunk = self.sock.recv(1 << 20, 0 if wait else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise ChannelClosed("the other process closed the channel")
+            buffered += chunk
+
+    def close(self) -> None:
+        self.sock.close()

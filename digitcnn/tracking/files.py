@@ -1,0 +1,28 @@
+"""A run's small artifacts (figures, frames, dicts, text) written to a folder, for logging."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def write_files(files: Mapping[str, Any], folder: Path) -> None:
+    """{name: content} as files in `folder`: a figure (PNG, then closed), a frame (CSV), a
+    dict (JSON) or text."""
+    for name, content in files.items():
+        path = folder / name
+        if hasattr(content, "savefig"):
+            import matplotlib.pyplot as plt
+
+            content.savefig(path, dpi=110)
+            plt.close(content)
+        elif isinstance(content, pd.DataFrame):
+            content.to_csv(path)
+        elif isinstance(content, dict):
+            path.write_text(json.dumps(content, indent=2))
+        else:
+            path.write_text(str(content))

@@ -1,0 +1,312 @@
+"""Where a job's records are written from: this process, or a recorder process beside it.
+
+A single run (`python -m digitcnn.run ...`) hands its records to a second process
+(`RecorderProcess`): MLflow's imports (~1.5 s), the store's checks and the run's calls then
+happen while this process imports Keras and trains, on the other core. Jobs of a sweep record
+from their own process (`InlineRecording`): the sweep's process holds MLflow already, and a
+launcher's worker pays the imports once for all its jobs.
+
+Both give `preflight()` (fails early on a bad store) and `tracked_run(...)`, whose recorder
+takes the same calls as `tracking.Recorder`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from digitcnn.config import TrackingConfig
+from digitcnn.errors import RecorderGone
+from digitcnn.tracking.channel import Channel, ChannelClosed
+from digitcnn.tracking.files import write_files
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+    from digitcnn.tracking.store import Store
+
+
+SERVICE = "digitcnn.tracking.service"
+
+
+def open_recording(cfg: TrackingConfig, separate: bool) -> RecorderProcess | InlineRecording:
+    """A recorder process (`separate`) or this process; the store check starts now."""
+    return RecorderProcess(cfg) if separate else InlineRecording(cfg)
+
+
+class InlineRecording:
+    """Records from this process (see `tracking.tracked_run`)."""
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        self.cfg = cfg
+        self.store: Store | None = None
+
+    def preflight(self) -> Store:
+        from digitcnn.tracking.store import preflight
+
+        self.store = preflight(self.cfg)
+        return self.store
+
+    def tracked_run(self, *args: Any, **kwargs: Any):
+        from digitcnn.tracking.runs import tracked_run
+
+        return tracked_run(self.store, *args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+class RecorderProcess:
+    """A second Python process that imports MLflow and writes the run (digitcnn.tracking.
+    service), started at once: it opens the store while this process imports Keras.
+
+    Calls that return nothing are sent without waiting; their answers (an error, the log
+    lines the recorder wrote) are read at the next call that waits, or as they arrive.
+    """
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        ours, theirs = socket.socketpair()
+        env = os.environ | {
+            # The recorder runs the logged model once, to check it, on the CPU: the
+            # accelerators are the training process's.
+            "CUDA_VISIBLE_DEVICES": "",
+            "JAX_PLATFORMS": "cpu",
+        }
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", SERVICE, str(theirs.fileno()), str(os.getpid())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+        )
+        theirs.close()
+        self._channel = Channel(ours)
+        self._waiting: deque[Callable[[], None]] = deque()  # per answer due: its clean-up
+        self._send("preflight", cfg, cfg.log_model)
+
+    def _send(self, name: str, *args: Any, after: Callable[[], None] = lambda: None, **kwargs):
+        try:
+            self._channel.send((name, args, kwargs))
+        except OSError:
+            self._gone()
+        self._waiting.append(after)
+
+    def _read(self, wait: bool = True) -> tuple[bool, Any]:
+        """Read one answer due; (False, None) if `wait` is False and none has come."""
+        try:
+            answer = self._channel.receive(wait)
+        except ChannelClosed:
+            self._gone()
+        if answer is None:
+            return False, None
+        self._waiting.popleft()()
+        status, value, records = answer
+        for record in records:
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+        if status == "error":
+            raise value
+        return True, value
+
+    def _gone(self):
+        try:
+            code = self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = f"killed by signal {-code}" if code and code < 0 else f"exit status {code}"
+        raise RecorderGone(f"the recorder process (MLflow) ended unexpectedly, {how}")
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Ask and wait for the answer (after those of earlier calls)."""
+        while self._waiting:
+            self._read()
+        self._send(name, *args, **kwargs)
+        return self._read()[1]
+
+    def post(self, name: str, *args: Any, after=lambda: None, **kwargs: Any) -> None:
+        """Ask without waiting (`after` runs once answered); answers that came are read."""
+        while self._waiting and self._read(wait=False)[0]:
+            pass
+        self._send(name, *args, after=after, **kwargs)
+
+    def preflight(self) -> None:
+        """Wait for the store check (an `InputError` if the store cannot be used)."""
+        while self._waiting:
+            self._read()
+
+    def settle(self) -> BaseException | None:
+        """Read every answer due; the first error among them, if any (not raised)."""
+        first = None
+        while self._waiting:
+            try:
+                self._read()
+            except RecorderGone:
+                raise
+            except Exception as exc:
+                first = first or exc
+        return first
+
+    @contextmanager
+    def tracked_run(
+        self,
+        run_name: str,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+        outage_limit: float = 900,
+    ) -> Iterator[RemoteRecorder]:
+        """As `tracking.tracked_run`, in the recorder process."""
+        started = time.perf_counter()
+        opened = self.call("open_run", run_name, dict(tags), parent_run_id, run_id, outage_limit)
+        recorder = RemoteRecorder(self, *opened)
+        recorder.seconds = time.perf_counter() - started
+        try:
+            yield recorder
+        except BaseException as exc:
+            if not isinstance(exc, RecorderGone):
+                recorder.finish(exc, traceback.format_exc())
+            raise
+        recorder.finish(None, "")
+
+    def close(self) -> None:
+        """Let the recorder process end (it stops at the channel's end) and wait for it: it
+        may still be creating the store, which must not be cut short."""
+        self._channel.close()
+        self._process.wait()
+
+
+class RemoteRecorder:
+    """`tracking.Recorder`'s calls, made in the recorder process. Those that return nothing
+    do not wait for it; temporary files they hand over are removed once it answered."""
+
+    def __init__(self, process: RecorderProcess, run_id: str, artifact_uri: str) -> None:
+        self._process = process
+        self.run_id, self.artifact_uri = run_id, artifact_uri
+        self.seconds = 0.0  # the recorder's time in MLflow calls, known once the run ended
+        self.call_seconds: dict[str, list[float]] = {}
+
+    def _post(self, name: str, *args: Any, after=lambda: None, **kwargs: Any) -> None:
+        self._process.post("record", name, *args, after=after, **kwargs)
+
+    def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
+        self._post("log_epoch", dict(metrics), step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._post("log_params", dict(params))
+
+    def log_tags(self, tags: Mapping[str, Any]) -> None:
+        self._post("log_tags", dict(tags))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, **kwargs: Any) -> None:
+        self._post("log_metrics", {k: float(v) for k, v in metrics.items()}, step, **kwargs)
+
+    def log_dataset(self, features, targets, name: str, digest: str, source: str) -> None:
+        """The arrays go as files (a pipe of tens of MB would hold this process up)."""
+        import numpy as np
+
+        tmp = Path(tempfile.mkdtemp(prefix="digitcnn-dataset-"))
+        np.save(tmp / "features.npy", features)
+        np.save(tmp / "targets.npy", targets)
+        self._process.post(
+            "log_dataset_files",
+            tmp / "features.npy",
+            tmp / "targets.npy",
+            name,
+            digest,
+            source,
+            after=lambda: shutil.rmtree(tmp, True),
+        )
+
+    def log_missing_epochs(self, history: Mapping[str, list[float]]) -> None:
+        self._process.call("record", "log_missing_epochs", dict(history))
+
+    def prepare_model_logging(self) -> None:
+        self._post("prepare_model_logging")
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        self._post("log_file", path, folder)
+
+    def log_folder(self, path: Path, folder: str | None = None) -> None:
+        self._post("log_folder", path, folder)
+
+    def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
+        """Written here (figures need matplotlib, not MLflow), logged there."""
+        tmp = Path(tempfile.mkdtemp(prefix="digitcnn-files-"))
+        try:
+            write_files(files, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._post("log_folder", tmp, folder, after=lambda: shutil.rmtree(tmp, True))
+
+    def log_model(
+        self,
+        model: keras.Model,
+        example: np.ndarray,
+        probabilities: np.ndarray,
+        pixel_max: int,
+        requirements: list[str],
+        register_as: str | None = None,
+    ) -> None:
+        """Saved here, logged (and loaded back by MLflow to check it) there, while this
+        process goes on."""
+        tmp = Path(tempfile.mkdtemp(prefix="digitcnn-model-"))
+        keras_file = tmp / "model.keras"
+        try:
+            model.save(keras_file)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._post(
+            "log_keras_file",
+            keras_file,
+            example,
+            probabilities,
+            pixel_max,
+            requirements,
+            register_as,
+            after=lambda: shutil.rmtree(tmp, True),
+        )
+
+    def finish(self, error: BaseException | None, trace: str) -> None:
+        """End the run (see `tracking.runs.finish_run`) once every call made was answered;
+        one that failed fails the run, if the work itself did not."""
+        try:
+            late = self._process.settle()
+            if error is None and late is not None:
+                error, trace = late, "".join(traceback.format_exception(late))
+            self.seconds, self.call_seconds = self._process.call(
+                "finish_run", _outcome(error), trace
+            )
+        except RecorderGone:
+            if error is None:
+                raise
+            return  # the error that ended the work says more
+        if late is not None and late is error:
+            raise late
+
+
+def _outcome(error: BaseException | None) -> BaseException | None:
+    """What the recorder needs to know of the error that ended the work: Ctrl-C (KILLED),
+    the server's absence (nothing more to write) or any other (FAILED, traceback logged)."""
+    from digitcnn.errors import TrackingUnavailable
+
+    if error is None:
+        return None
+    if isinstance(error, KeyboardInterrupt):
+        return KeyboardInterrupt()
+    if isinstance(error, TrackingUnavailable):
+        return TrackingUnavailable(str(error))
+    return RuntimeError(f"{type(error).__name__}: {error}")
