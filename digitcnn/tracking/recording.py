@@ -34,7 +34,6 @@ from digitcnn.tracking.files import write_files
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
 
     from digitcnn.tracking.store import Store
 
@@ -216,18 +215,13 @@ class RemoteRecorder:
         """The arrays go as files (a pipe of tens of MB would hold this process up)."""
         import numpy as np
 
-        tmp = Path(tempfile.mkdtemp(prefix="digitcnn-dataset-"))
-        np.save(tmp / "features.npy", features)
-        np.save(tmp / "targets.npy", targets)
-        self._process.post(
-            "log_dataset_files",
-            tmp / "features.npy",
-            tmp / "targets.npy",
-            name,
-            digest,
-            source,
-            after=lambda: shutil.rmtree(tmp, True),
-        )
+        def save(folder: Path) -> None:
+            np.save(folder / "features.npy", features)
+            np.save(folder / "targets.npy", targets)
+
+        folder, remove = _handed_over(save)
+        args = (folder / "features.npy", folder / "targets.npy", name, digest, source)
+        self._process.post("log_dataset_files", *args, after=remove)
 
     def log_missing_epochs(self, history: Mapping[str, list[float]]) -> None:
         self._process.call("record", "log_missing_epochs", dict(history))
@@ -243,42 +237,14 @@ class RemoteRecorder:
 
     def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
         """Written here (figures need matplotlib, not MLflow), logged there."""
-        tmp = Path(tempfile.mkdtemp(prefix="digitcnn-files-"))
-        try:
-            write_files(files, tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self._post("log_folder", tmp, folder, after=lambda: shutil.rmtree(tmp, True))
+        written, remove = _handed_over(lambda tmp: write_files(files, tmp))
+        self._post("log_folder", written, folder, after=remove)
 
-    def log_model(
-        self,
-        model: keras.Model,
-        example: np.ndarray,
-        probabilities: np.ndarray,
-        pixel_max: int,
-        requirements: list[str],
-        register_as: str | None = None,
-    ) -> None:
-        """Saved here, logged (and loaded back by MLflow to check it) there, while this
-        process goes on."""
-        tmp = Path(tempfile.mkdtemp(prefix="digitcnn-model-"))
-        keras_file = tmp / "model.keras"
-        try:
-            model.save(keras_file)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self._post(
-            "log_keras_file",
-            keras_file,
-            example,
-            probabilities,
-            pixel_max,
-            requirements,
-            register_as,
-            after=lambda: shutil.rmtree(tmp, True),
-        )
+    def log_model(self, model: keras.Model, *details: Any) -> None:
+        """Saved here, logged there (MLflow loads it back to check it) while this process goes
+        on; `details` as `Recorder.log_keras_file` takes them after the file."""
+        saved, remove = _handed_over(lambda tmp: model.save(tmp / "model.keras"))
+        self._post("log_keras_file", saved / "model.keras", *details, after=remove)
 
     def finish(self, error: BaseException | None, trace: str) -> None:
         """End the run (see `tracking.runs.finish_run`) once every call made was answered;
@@ -310,3 +276,15 @@ def _outcome(error: BaseException | None) -> BaseException | None:
     if isinstance(error, TrackingUnavailable):
         return TrackingUnavailable(str(error))
     return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _handed_over(write: Callable[[Path], None]) -> tuple[Path, Callable[[], None]]:
+    """A new temporary folder filled by `write`, and what removes it once the recorder has
+    read it (at once if `write` fails)."""
+    folder = Path(tempfile.mkdtemp(prefix="digitcnn-"))
+    try:
+        write(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, lambda: shutil.rmtree(folder, ignore_errors=True)

@@ -230,22 +230,13 @@ class Recorder:
             write_files(files, Path(tmp))
             self._call(self.client.log_artifacts, self.run_id, tmp, folder)
 
-    def log_model(
-        self,
-        model: keras.Model,
-        example: np.ndarray,
-        probabilities: np.ndarray,
-        pixel_max: int,
-        requirements: list[str],
-        register_as: str | None = None,
-    ) -> None:
-        """The trained model as a pyfunc over raw pixel images; see `log_keras_file`."""
+    def log_model(self, model: keras.Model, *details: Any) -> None:
+        """The trained model, saved to a temporary file and logged by `log_keras_file`, which
+        takes `details` after the file."""
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
             model.save(keras_file)
-            self.log_keras_file(
-                keras_file, example, probabilities, pixel_max, requirements, register_as
-            )
+            self.log_keras_file(keras_file, *details)
 
     def log_keras_file(
         self,
@@ -338,18 +329,12 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
 
 
 @contextmanager
-def tracked_run(
-    store: Store,
-    run_name: str,
-    tags: Mapping[str, str],
-    parent_run_id: str | None = None,
-    run_id: str | None = None,
-    outage_limit: float = 900,
-) -> Iterator[Recorder]:
-    """One run (see `open_run`) around the block; it ends FINISHED, FAILED (traceback logged)
-    or KILLED (Ctrl-C), never open; after `outage_limit` seconds without the server, FAILED if
-    the server takes that call, and `TrackingUnavailable` is raised."""
-    recorder = open_run(store, run_name, tags, parent_run_id, run_id, outage_limit)
+def tracked_run(store: Store, *args: Any, **kwargs: Any) -> Iterator[Recorder]:
+    """One run around the block, opened as `open_run(store, *args, **kwargs)`; it ends
+    FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open; after `outage_limit`
+    seconds without the server, FAILED if the server takes that call, and
+    `TrackingUnavailable` is raised."""
+    recorder = open_run(store, *args, **kwargs)
     try:
         yield recorder
     except BaseException as exc:
