@@ -41,11 +41,11 @@ def only_run(root: Path, experiment: str):
     return client, run
 
 
-def start_cli(root: Path, *args: str) -> subprocess.Popen:
+def start_cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "digitcnn.run", *args],
         cwd=root,
-        env=cli_env(root),
+        env=cli_env(root) | (env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -352,8 +352,15 @@ def test_a_recorder_process_killed_mid_training_leaves_the_run_to_resume(tmp_pat
     """A single run's recorder process (MLflow) killed while the model trains: training stops
     at the epoch's end with one line saying how to go on; resume= records every epoch and
     finishes the same run."""
+    temporary = {"TMPDIR": str(tmp_path / "tmp")}  # where the files handed over are made
+    (tmp_path / "tmp").mkdir()
     proc = start_cli(
-        tmp_path, *DIGITS, "trainer.epochs=3", "trainer.batch_size=4", "tracking.experiment=rp"
+        tmp_path,
+        *DIGITS,
+        "trainer.epochs=3",
+        "trainer.batch_size=4",
+        "tracking.experiment=rp",
+        env=temporary,
     )
     wait_for_epoch(tmp_path, 1, proc)
     (recorder,) = recorder_processes(proc.pid)
@@ -366,9 +373,10 @@ def test_a_recorder_process_killed_mid_training_leaves_the_run_to_resume(tmp_pat
     client, run = only_run(tmp_path, "rp")
     assert run.info.status == "RUNNING"
 
-    resumed = run_cli(tmp_path, f"resume={run.info.run_id}")
+    resumed = run_cli(tmp_path, f"resume={run.info.run_id}", env=temporary)
     assert resumed.returncode == 0, failure_report(resumed)
     assert "(in the recorder process)" in resumed.stdout + resumed.stderr
+    assert not list((tmp_path / "tmp").iterdir())  # every file handed over was removed
     client, run = only_run(tmp_path, "rp")
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]

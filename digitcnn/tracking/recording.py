@@ -98,6 +98,7 @@ class RecorderProcess:
         try:
             self._channel.send((name, args, kwargs))
         except OSError:
+            after()
             self._gone()
         self._waiting.append(after)
 
@@ -184,6 +185,8 @@ class RecorderProcess:
         may still be creating the store, which must not be cut short."""
         self._channel.close()
         self._process.wait()
+        while self._waiting:  # answers that never came (the recorder died): their files go
+            self._waiting.popleft()()
 
 
 class RemoteRecorder:
