@@ -92,7 +92,7 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> 
     overrides = list(hydra_cfg.overrides.task)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     with timings.measure("import_seconds"):
-        _import_libraries(typed.tracking.uri, with_mlflow=in_sweep)
+        _import_libraries(typed.tracking.uri, with_mlflow=not recording.separate)
     import keras
 
     from digitcnn import debug, tracking
@@ -182,7 +182,7 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> 
             if (output_dir / "profile").is_dir():
                 recorder.log_folder(output_dir / "profile", "profile/trace")
         _log_job_log(recorder, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
-    separately = " (in the recorder process)" if not in_sweep else ""
+    separately = " (in the recorder process)" if recording.separate else ""
     log.info("MLflow calls %.2fs%s", recorder.seconds, separately)
     timings.set("mlflow_seconds", recorder.seconds)
     timings.set_series("mlflow_call_seconds", recorder.call_seconds)
@@ -218,9 +218,9 @@ def _outage_explained(output_dir: Path) -> Iterator[None]:
 
 
 def _import_libraries(tracking_uri: str, with_mlflow: bool) -> None:
-    """Keras and its backend, matplotlib and, `with_mlflow` (jobs of a sweep), MLflow with its
-    store's modules, up front: a job's timings then show import time apart from the work it
-    does."""
+    """Keras and its backend, matplotlib and, `with_mlflow` (when the job records from this
+    process), MLflow with its store's modules, up front: a job's timings then show import time
+    apart from the work it does."""
     import_keras_quietly()
     import_module("digitcnn.plots")
     if with_mlflow:

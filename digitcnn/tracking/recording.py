@@ -49,6 +49,8 @@ def open_recording(cfg: TrackingConfig, separate: bool) -> RecorderProcess | Inl
 class InlineRecording:
     """Records from this process (see `tracking.tracked_run`)."""
 
+    separate = False  # MLflow is imported here
+
     def __init__(self, cfg: TrackingConfig) -> None:
         self.cfg = cfg
         self.store: Store | None = None
@@ -75,6 +77,8 @@ class RecorderProcess:
     Calls that return nothing are sent without waiting; their answers (an error, the log
     lines the recorder wrote) are read at the next call that waits, or as they arrive.
     """
+
+    separate = True  # MLflow is imported there, not here
 
     def __init__(self, cfg: TrackingConfig) -> None:
         ours, theirs = socket.socketpair()
@@ -130,8 +134,7 @@ class RecorderProcess:
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Ask and wait for the answer (after those of earlier calls)."""
-        while self._waiting:
-            self._read()
+        self.preflight()  # reads every answer due
         self._send(name, *args, **kwargs)
         return self._read()[1]
 
@@ -142,7 +145,8 @@ class RecorderProcess:
         self._send(name, *args, after=after, **kwargs)
 
     def preflight(self) -> None:
-        """Wait for the store check (an `InputError` if the store cannot be used)."""
+        """Wait for the store check (an `InputError` if the store cannot be used), and any
+        other answer due."""
         while self._waiting:
             self._read()
 
