@@ -2,22 +2,22 @@
 
 A checkpoint is `checkpoint/epoch-NNN.keras` (weights and optimizer state) plus
 `checkpoint/state.json` (epochs done, history so far, Python and NumPy RNG states, the MLflow
-run id). The model file is written first and `state.json` is replaced atomically after it, so
-the state always names a complete model file.
+run id). Both are written under temporary names and renamed once whole (digitcnn.disk), the
+model file first, so the state always names a complete model file, also after a full disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+
+from digitcnn.disk import write_text_whole, written_whole
 
 FOLDER = "checkpoint"
 STATE = "state.json"
@@ -36,15 +36,6 @@ class Checkpoint:
         random.setstate((self.rng["python"][0], tuple(self.rng["python"][1]), None))
         kind, keys, pos, has_gauss, cached = self.rng["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def _write_json_atomic(path: Path, content: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(content, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -70,7 +61,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         model_file = self.folder / f"epoch-{epoch + 1:03d}.keras"
-        self.model.save(model_file)
+        with written_whole(model_file) as partial:
+            self.model.save(partial)
         state = {
             "epoch": epoch + 1,
             "model_file": model_file.name,
@@ -78,7 +70,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "run_id": self.run_id,
             "rng": _rng_state(),
         }
-        _write_json_atomic(self.folder / STATE, state)
+        write_text_whole(self.folder / STATE, json.dumps(state))
         for old in self.folder.glob("epoch-*.keras"):
             if old != model_file:
                 old.unlink()

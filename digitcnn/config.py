@@ -8,6 +8,8 @@ before any data is loaded or any run is opened.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -26,6 +28,11 @@ JIT_CHOICES = ("auto", "true", "false")
 OBJECTIVES = ("val_accuracy", "val_loss")  # never a test-set number
 MNIST_TRAIN_SIZE = 60_000
 DIGITS_SIZE = 1_797
+MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are unsigned 32-bit
+# MLflow stores a run's name in a column of 250 characters (PostgreSQL refuses longer ones;
+# SQLite keeps them) and an experiment's name in one of 500.
+MAX_RUN_NAME = 250
+MAX_EXPERIMENT_NAME = 500
 
 
 class _Checked:
@@ -198,6 +205,11 @@ class AdamConfig(OptimizerConfig):
     beta_1: float = 0.9
     beta_2: float = 0.999
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("beta_1", "beta_2"):
+            self._require(name, 0.0 <= getattr(self, name) < 1.0, "a value in [0, 1)")
+
 
 @dataclass
 class AdamWConfig(AdamConfig):
@@ -282,6 +294,16 @@ class TrackingConfig(_Checked):
 
     def __post_init__(self) -> None:
         self._require("experiment", bool(self.experiment.strip()), "a non-empty name")
+        self._require(
+            "experiment",
+            len(self.experiment) <= MAX_EXPERIMENT_NAME,
+            f"at most {MAX_EXPERIMENT_NAME} characters",
+        )
+        self._require(
+            "run_name",
+            self.run_name is None or 0 < len(self.run_name) <= MAX_RUN_NAME,
+            f"null or 1 to {MAX_RUN_NAME} characters (MLflow's run names)",
+        )
         self._require("outage_limit_seconds", self.outage_limit_seconds >= 0, "0 or more")
 
 
@@ -338,6 +360,23 @@ def _check_tags(tags: list[str]) -> None:
             )
 
 
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigValueError("seed", seed, f"0 to {MAX_SEED} (2**32 - 1)")
+
+
+def _check_finite(node: object, prefix: str = "") -> None:
+    """No infinity or NaN in any number of the config: a range check such as `lr > 0` lets
+    `inf` through, and training would diverge on it."""
+    for item in dataclasses.fields(node):
+        value = getattr(node, item.name)
+        key = f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigValueError(key, value, "a finite number")
+
+
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ConfigValueError("backend", backend, "one of " + ", ".join(BACKENDS))
@@ -362,6 +401,7 @@ class Config:
     def __post_init__(self) -> None:
         _check_tags(self.tags)
         _check_backend(self.backend)
+        _check_seed(self.seed)
         if self.objective not in OBJECTIVES:
             raise ConfigValueError("objective", self.objective, "one of " + ", ".join(OBJECTIVES))
 
@@ -386,6 +426,7 @@ class EvaluateConfig:
             )
         _check_tags(self.tags)
         _check_backend(self.backend)
+        _check_seed(self.seed)
 
 
 _GROUP_SCHEMAS = {
@@ -443,6 +484,8 @@ def to_typed(cfg: DictConfig) -> Config | EvaluateConfig:
     running every range check; a value the config leaves for the user to give (`???`) is a
     one-line error naming its key."""
     try:
-        return OmegaConf.to_object(cfg)
+        typed = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as exc:
         raise InputError(f"{exc.full_key} is required: give {exc.full_key}=...") from None
+    _check_finite(typed)
+    return typed

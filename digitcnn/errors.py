@@ -28,3 +28,8 @@ class TrackingUnavailable(InputError):
 class RecorderGone(InputError):
     """The recorder process of a single run ended while the run was open (killed, or out of
     memory): the run stays open, and `resume=` finishes it from its last checkpoint."""
+
+
+class DiskFull(InputError):
+    """A disk the run writes to (its folder, the store, the temporary folder) is full; the
+    message says where, what was kept and how to go on."""

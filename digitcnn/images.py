@@ -39,11 +39,31 @@ def load_image(path: Path) -> np.ndarray:
                     f"{MAX_PIXELS:,} pixels)"
                 )
             image.load()
-            return np.asarray(image.convert("L"), dtype=np.float32)
+            return _opaque_gray(image)
     except Image.DecompressionBombError as exc:  # Pillow's own, larger limit, at open
         raise NotAnImageError(f"{path}: too large ({exc})") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise NotAnImageError(f"{path}: not an image ({exc})") from None
+
+
+def _opaque_gray(image: Image.Image) -> np.ndarray:
+    """Grayscale of an image, its transparent parts filled with the shade that sets its ink
+    apart: drawing tools and browsers save black ink on a transparent background (whose
+    pixels are often black too), which read as gray alone would be blank."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return np.asarray(image.convert("L"), dtype=np.float32)
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+    gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+    opaque = alpha > 0.5
+    if opaque.all():
+        return gray
+    ink = gray[opaque]
+    # Dark ink (or none) goes on white, light ink on black: the ink stays visible either way.
+    fill = 255.0 if ink.size == 0 or np.median(ink) < 128 else 0.0
+    return gray * alpha + fill * (1.0 - alpha)
 
 
 def _edges(gray: np.ndarray) -> np.ndarray:

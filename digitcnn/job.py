@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -9,8 +10,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn import resume
+from digitcnn import resume, stops
 from digitcnn.backends import (
     CompilationCache,
     device_name,
@@ -28,11 +28,14 @@ from digitcnn.backends import (
     select_backend,
     settings_for,
 )
-from digitcnn.config import Config, TrainerConfig, to_typed
+from digitcnn.config import MAX_RUN_NAME, Config, TrainerConfig, to_typed
+from digitcnn.disk import write_text_whole
+from digitcnn.explain import Explained
 from digitcnn.resume import RESOLVED_CONFIG, job_source
 from digitcnn.runtime import import_keras_quietly
 from digitcnn.timing import Timings, process_age
 from digitcnn.tracking.recording import open_recording
+from digitcnn.writer_lock import writing
 
 if TYPE_CHECKING:
     from digitcnn.training import TrainResult
@@ -50,16 +53,25 @@ def _summary_lines(typed: Config) -> list[str]:
     return [*lines, f"  seed      {typed.seed}"]
 
 
+def _job_overrides(hydra_cfg) -> list[str]:
+    """What the job was asked to change: its overrides less `resume=`, which says how it was
+    run, not what (a job keeps its name and record however often its sweep is resumed)."""
+    return [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
+
+
 def _run_name(typed: Config, overrides: list[str]) -> str:
     if typed.tracking.run_name:
         return typed.tracking.run_name
-    shown = [o for o in overrides if not o.startswith(("hydra.", "tracking."))]
-    return ",".join(shown) if shown else "default"
+    shown = ",".join(o for o in overrides if not o.startswith(("hydra.", "tracking.")))
+    if len(shown) > MAX_RUN_NAME:  # MLflow's limit; the overrides tag keeps them all
+        shown = shown[: MAX_RUN_NAME - 1] + "…"
+    return shown or "default"
 
 
 def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     """Train and record one model; returns the last epoch's `objective` (what sweepers
     optimise: a validation metric, never a test-set number)."""
+    stops.install()  # also in a launcher's worker process: a stop ends the job's run KILLED
     timings = Timings()
     timings.set("startup_seconds", process_age())  # interpreter, imports, Hydra
     timings.set("compose_seconds", compose_seconds)
@@ -71,25 +83,29 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     if in_sweep and cfg.resume:  # it names the sweep, whose parent run the callback reopened
         cfg = cfg.copy()
         cfg.resume = None
-    source = job_source(cfg, overrides)  # resume=/rerun= swap in a recorded config
-    cfg = source.cfg
-    typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
-    select_backend(typed.backend)  # a resumed run goes on where it started
-    parent_run_id = _parent_run_id(hydra_cfg)
+    with ExitStack() as held:  # the run's writer lock, for as long as this job writes it
+        source = job_source(cfg, overrides, held)  # resume=/rerun= swap in a recorded config
+        cfg = source.cfg
+        typed = to_typed(cfg)  # range checks: fail here, before data or MLflow are touched
+        select_backend(typed.backend)  # a resumed run goes on where it started
+        if source.checkpoint is None:
+            output_key = "hydra.sweep.dir" if in_sweep else "hydra.run.dir"
+            held.enter_context(writing(Path(typed.paths.output_dir), output_key))
+        parent_run_id = _parent_run_id(hydra_cfg)
 
-    # A single run records from a second process, started now: it imports MLflow and opens
-    # the store while this process imports Keras (see digitcnn.tracking.recording).
-    recording = open_recording(typed.tracking, separate=not in_sweep)
-    try:
-        return _job(cfg, typed, source, recording, parent_run_id, timings, job_started)
-    finally:
-        recording.close()
+        # A single run records from a second process, started now: it imports MLflow and
+        # opens the store while this process imports Keras (see digitcnn.tracking.recording).
+        recording = open_recording(typed.tracking, separate=not in_sweep)
+        try:
+            return _job(cfg, typed, source, recording, parent_run_id, timings, job_started, held)
+        finally:
+            recording.close()
 
 
-def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> float:
+def _job(cfg, typed, source, recording, parent_run_id, timings, job_started, held) -> float:
     """The job once its config is known: imports, data, model, the run and its records."""
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = _job_overrides(hydra_cfg)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     with timings.measure("import_seconds"):
         _import_libraries(typed.tracking.uri, with_mlflow=not recording.separate)
@@ -97,7 +113,6 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> 
 
     from digitcnn import debug, tracking
     from digitcnn.data import load_dataset
-    from digitcnn.model import build_model
     from digitcnn.training import configure_backend
 
     typed, tuning = _as_run_here(typed)
@@ -120,7 +135,7 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> 
         if attempt is not None and attempt.info.status == "FINISHED":
             log.info("job done already, in run %s: not run again", attempt.info.run_id)
             return float(attempt.data.metrics.get(typed.objective, float("nan")))
-        continued = resume.continue_attempt(attempt) if attempt is not None else None
+        continued = resume.continue_attempt(attempt, held) if attempt is not None else None
         if continued is not None:
             source, cfg = continued, continued.cfg
             typed, tuning = _as_run_here(to_typed(cfg))
@@ -137,24 +152,25 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> 
     with timings.measure("data_seconds"):
         data = load_dataset(typed.dataset, typed.seed)
     typed, data = debug.prepare(typed, data)  # debug=...: its data and settings
+    _check_against_data(typed, data)
     sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
     log.info("data      %s from %s: %s", data.name, data.source, sizes)
 
     output_dir = Path(typed.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_whole(output_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     if checkpoint:
         checkpoint.restore_rng()
         model = keras.saving.load_model(checkpoint.model_file)  # weights and optimizer state
         log.info("resuming run %s after epoch %d", checkpoint.run_id, checkpoint.epoch)
     else:
-        model = build_model(typed.model, data.input_shape, data.num_classes)
+        model = _built(typed, data)
 
     tags = _tags(typed, data, overrides, hydra_cfg, parent_run_id)
     if source.rerun_of:
         tags["rerun_of"] = source.rerun_of
     with (
-        _outage_explained(output_dir),
+        Explained(output_dir, typed.trainer.epochs, _store_folders(typed)) as explained,
         recording.tracked_run(
             _run_name(typed, overrides),
             tags,
@@ -163,6 +179,7 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> 
             outage_limit=typed.tracking.outage_limit_seconds,
         ) as recorder,
     ):
+        explained.recorder = recorder
         if typed.tracking.log_model:
             recorder.prepare_model_logging()
         if checkpoint:
@@ -191,30 +208,40 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started) -> 
     return float(history[typed.objective][-1])
 
 
+def _check_against_data(typed: Config, data) -> None:
+    """Sizes that only the loaded data can judge: a batch larger than the training set would
+    train on fewer images than asked (or none, where batches must be full)."""
+    from digitcnn.errors import ConfigValueError
+
+    train_size = len(data.x_train)
+    if typed.trainer.batch_size > train_size:
+        raise ConfigValueError(
+            "trainer.batch_size",
+            typed.trainer.batch_size,
+            f"at most the {train_size:,} training images of dataset={data.name}",
+        )
+
+
+def _built(typed: Config, data):
+    """The model for this data; a family whose settings do not fit the images (a kernel
+    larger than what is left of them) is one line naming the model's keys."""
+    from digitcnn.errors import InputError
+    from digitcnn.model import build_model
+
+    try:
+        return build_model(typed.model, data.input_shape, data.num_classes)
+    except ValueError as exc:
+        height, width = data.input_shape[:2]
+        raise InputError(
+            f"model={typed.model.name} does not fit dataset={data.name}'s {height}x{width} "
+            f"images with these settings: {str(exc).splitlines()[0]}"
+        ) from None
+
+
 def _as_run_here(typed: Config) -> tuple[Config, str]:
     """The config with the trainer settings this backend and device run, and why."""
     trainer, tuning = settings_for(typed.trainer, typed.backend)
     return dataclasses.replace(typed, trainer=trainer), tuning
-
-
-@contextmanager
-def _outage_explained(output_dir: Path) -> Iterator[None]:
-    """A tracking server that stayed away, or a recorder process that died: say where the
-    work is and how to record it."""
-    from digitcnn.errors import RecorderGone, TrackingUnavailable
-
-    try:
-        yield
-    except TrackingUnavailable as exc:
-        raise TrackingUnavailable(
-            f"{exc}; the trained epochs are checkpointed in {output_dir}: once the server is "
-            f"back, `python -m digitcnn.run resume={output_dir}` records them"
-        ) from None
-    except RecorderGone as exc:
-        raise RecorderGone(
-            f"{exc}; the trained epochs are checkpointed in {output_dir}: "
-            f"`python -m digitcnn.run resume={output_dir}` records them and finishes the run"
-        ) from None
 
 
 def _import_libraries(tracking_uri: str, with_mlflow: bool) -> None:
@@ -244,9 +271,39 @@ def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | No
     if typed.debug.mode != "none":
         tags["debug"] = typed.debug.mode
     local = hydra_cfg.runtime.choices.get("local")
-    if local:  # conf/local/default.yaml (or another) was applied
+    if local and _in_search_path(hydra_cfg, f"local/{local}.yaml"):  # applied, not just named
         tags["local_config"] = f"local/{local}.yaml"
     return tags | _node_tags() | {label: "true" for label in typed.tags}
+
+
+def _store_folders(typed: Config) -> list[Path]:
+    """The local folders a run's records go to besides its output folder: the SQLite store's,
+    the artifacts', the temporary folder (files handed to the recorder)."""
+    import tempfile
+
+    folders = [Path(tempfile.gettempdir())]
+    if typed.tracking.uri.startswith("sqlite:///"):
+        folders.append(Path(typed.tracking.uri.removeprefix("sqlite:///")).parent)
+    location = typed.tracking.artifact_location
+    if location and "://" not in location:
+        folders.append(Path(location))
+    return folders
+
+
+def _in_search_path(hydra_cfg, name: str) -> bool:
+    """Whether a config file `name` exists in one of Hydra's config folders. Hydra reports an
+    optional group's option (`optional local: default`) as chosen also when its file is
+    absent."""
+    for source in hydra_cfg.runtime.config_sources:
+        if source.schema == "file" and (Path(source.path) / name).is_file():
+            return True
+        if source.schema == "pkg":
+            from importlib.resources import files
+
+            with contextlib.suppress(ModuleNotFoundError):
+                if files(source.path.replace("/", ".")).joinpath(name).is_file():
+                    return True
+    return False
 
 
 def _node_tags() -> dict[str, str]:
@@ -466,7 +523,7 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     parent = _parent_run_id(hydra_cfg)
     if parent is None or tracking.has_child(cfg, parent, hydra_cfg.job.num):
         return  # not in a sweep, or the job's own run already ended FAILED
-    overrides = [tracking.redact(o) for o in hydra_cfg.overrides.task]
+    overrides = [tracking.redact(o) for o in _job_overrides(hydra_cfg)]
     tags = {
         "overrides": json.dumps(overrides),
         "sweep.job": str(hydra_cfg.job.num),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,17 +62,38 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 
 
 def image_files(inputs: str) -> list[Path]:
-    """The files named, and the files directly inside the folders named, in sorted order."""
+    """The files named, and the entries directly inside the folders named (their subfolders
+    left out), in sorted order. Special files (a FIFO, a socket, a device) are kept: they
+    are reported as skipped, never opened."""
     files: list[Path] = []
     for item in filter(None, (part.strip() for part in inputs.split(","))):
         path = Path(item).expanduser()
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file()))
-        elif path.is_file():
+            files.extend(sorted(p for p in path.iterdir() if not p.is_dir()))
+        elif path.exists() or path.is_symlink():
             files.append(path)
         else:
             raise SystemExit(f"error: inputs={item!r} does not exist")
     return files
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why `path` cannot be read as an image file without risk (reading a FIFO waits for a
+    writer forever), or None for a regular file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:  # a link to nothing, a file removed meanwhile
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
 
 
 def load_model(uri: str, tracking_uri: str | None):
@@ -107,6 +129,10 @@ def predict_files(model, shape: tuple[int, int], files: list[Path]) -> list[Pred
         )
     images, names, results = [], [], {}
     for path in files:
+        special = not_a_regular_file(path)
+        if special:
+            results[str(path)] = Prediction(str(path), error=special)
+            continue
         try:
             images.append(to_mnist(load_image(path)))
             names.append(str(path))

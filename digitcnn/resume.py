@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from digitcnn.config import schema_config
 from digitcnn.errors import InputError
 from digitcnn.runtime import import_keras_quietly
+from digitcnn.writer_lock import writing
 
 if TYPE_CHECKING:
     from digitcnn.checkpoint import Checkpoint
@@ -72,23 +74,27 @@ def _finished(cfg: DictConfig, run_id: str) -> bool:
     return _client(cfg).get_run(run_id).info.status == "FINISHED"
 
 
-def job_source(cfg: DictConfig, overrides: list[str]) -> JobSource:
-    """The config to run: the composed one, or the recorded one for resume=/rerun=."""
+def job_source(cfg: DictConfig, overrides: list[str], held: ExitStack) -> JobSource:
+    """The config to run: the composed one, or the recorded one for resume=/rerun=. A resumed
+    run is held for this process in `held` (see digitcnn.writer_lock) before its checkpoint
+    is read."""
     if cfg.resume and cfg.rerun:
         raise InputError("resume= and rerun= cannot be combined")
     if cfg.resume:
-        return _resume(cfg, overrides)
+        return _resume(cfg, overrides, held)
     if cfg.rerun:
         return _rerun(cfg, overrides)
     return JobSource(cfg)
 
 
-def _resume(cfg: DictConfig, overrides: list[str]) -> JobSource:
+def _resume(cfg: DictConfig, overrides: list[str], held: ExitStack) -> JobSource:
     import_keras_quietly()
     from digitcnn.checkpoint import read_checkpoint  # imports Keras: only when resuming
 
     _check_overrides("resume", overrides)
     folder = _run_folder(cfg, cfg.resume)
+    if folder.is_dir():
+        held.enter_context(writing(folder, f"resume={cfg.resume}"))
     checkpoint = read_checkpoint(folder)
     if checkpoint is None or not (folder / RESOLVED_CONFIG).is_file():
         raise InputError(f"resume={cfg.resume!r}: no checkpoint in {folder} (no epoch finished)")
@@ -112,13 +118,15 @@ def _continued(saved: DictConfig, folder: Path, checkpoint: Checkpoint) -> JobSo
     return JobSource(schema_config(saved), checkpoint=checkpoint)
 
 
-def continue_attempt(run) -> JobSource | None:
+def continue_attempt(run, held: ExitStack) -> JobSource | None:
     """A sweep job's earlier, unfinished attempt (an MLflow run), continued from its last
-    checkpoint; None when it has none here (no epoch finished, or its folder is on a machine
-    that is gone)."""
+    checkpoint, held for this process in `held`; None when it has none here (no epoch
+    finished, or its folder is on a machine that is gone)."""
     from digitcnn.checkpoint import read_checkpoint
 
     folder = Path(run.data.tags.get("hydra.output_dir", "/nonexistent"))
+    if folder.is_dir():
+        held.enter_context(writing(folder, f"job {run.info.run_id}"))
     checkpoint = read_checkpoint(folder) if folder.is_dir() else None
     if checkpoint is None or checkpoint.run_id != run.info.run_id:
         return None

@@ -15,8 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from digitcnn import paths
+from digitcnn import paths, stops
 from digitcnn.config import register_configs
+from digitcnn.disk import is_disk_full
 from digitcnn.errors import InputError
 
 register_configs()
@@ -42,8 +43,14 @@ def main(cfg: DictConfig) -> float:
             log.error("job #%s failed: %s", hydra_cfg.job.num, exc, exc_info=hydra_cfg.verbose)
             record_failed_job(cfg, exc)
             return float("nan")
-        if isinstance(exc, InputError) and not hydra_cfg.verbose:
+        if hydra_cfg.verbose:
+            raise
+        if isinstance(exc, InputError):
             log.error("error: %s", exc)  # hydra.verbose=true shows the traceback
+            sys.exit(2)
+        if is_disk_full(exc):  # before the run opened: its job says more once it is open
+            log.error("error: no space left on a disk this run writes to (%s); free space and "
+                      "start it again: nothing was recorded", str(exc).splitlines()[0])  # fmt: skip
             sys.exit(2)
         raise
 
@@ -51,14 +58,23 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """The command: `main`, then a quick exit once everything is written.
 
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP; see digitcnn.stops) ends the open run (and a
+    sweep's) KILLED, prints one line saying how to go on, and exits with 128 + the signal.
+
     After the run, the atexit handlers (MLflow's, logging's) run, the other threads are joined
     and the streams flushed, as at any exit; then the process ends without Python's teardown of
-    its modules, which takes about 2 s for TensorFlow and MLflow and writes nothing. An
-    interrupted process (Ctrl-C) exits the usual way.
+    its modules, which takes about 2 s for TensorFlow and MLflow and writes nothing; so does a
+    stopped process.
     """
+    stops.install()
     try:
         main()
         status = 0
+    except KeyboardInterrupt as exc:
+        stopped = stops.close(exc)
+        outcome = stopped.outcome or "before the run was opened: nothing was recorded"
+        log.error("stopped by %s: %s", stopped.name, outcome)
+        status = stopped.exit_status
     except SystemExit as exc:  # Hydra's exit on errors, and ours
         if exc.code is None or isinstance(exc.code, int):
             status = exc.code or 0

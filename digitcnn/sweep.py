@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from digitcnn import stops
 from digitcnn.backends import select_backend
 from digitcnn.config import TrackingConfig
+from digitcnn.disk import write_text_whole
 from digitcnn.errors import InputError
 from digitcnn.runtime import hide_secrets_in_logs
 
 log = logging.getLogger("digitcnn.sweep")
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+JOBS_GRACE_SECONDS = 10.0  # how long a stopped sweep waits for jobs in other processes
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -70,8 +75,44 @@ def _tracking(config: DictConfig) -> TrackingConfig:
     return OmegaConf.to_object(config.tracking)
 
 
+def _let_jobs_close(config: DictConfig, run_id: str, signum: int) -> None:
+    """A stop signal reached the sweep: pass it on to the processes that run its jobs (a
+    launcher's workers; the same signal sent to the whole process group already reached
+    them) and give them JOBS_GRACE_SECONDS to end their runs KILLED, before the launcher,
+    interrupted, kills them. Jobs run in this process end their runs themselves."""
+    workers = stops.descendants()
+    if not workers:
+        return
+    stops.forward(signum, workers)
+    from digitcnn import tracking
+
+    store = tracking.client_for(_tracking(config))
+    deadline = time.monotonic() + JOBS_GRACE_SECONDS
+    while time.monotonic() < deadline and tracking.running_jobs(store, run_id):
+        time.sleep(0.25)
+
+
+def _close_stopped(config: DictConfig, run_id: str, stopped: stops.Stopped) -> None:
+    """End a stopped sweep's records KILLED and say how to resume it."""
+    from digitcnn import tracking
+
+    store = tracking.client_for(_tracking(config))
+    finished, killed = tracking.stop_sweep(store, run_id, stopped.name)
+    args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+    command = tracking.redact(shlex.join(["python", "-m", "digitcnn.run", *args]))
+    folder = config.hydra.sweep.dir
+    stopped.outcome = (
+        f"sweep run {run_id} ended KILLED with {finished} jobs FINISHED and {killed} KILLED; "
+        f"`{command} resume={folder}` continues it"
+    )
+
+
 class MlflowSweepCallback(Callback):
-    """Opens and closes the parent run of a multirun; does nothing for a single run."""
+    """Opens and closes the parent run of a multirun; does nothing for a single run. A stop
+    signal ends the parent run and its open jobs KILLED (see digitcnn.stops)."""
+
+    def __init__(self) -> None:
+        self._unhook: list = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The Ray launcher logs its `ray.init` settings, credentials for the workers included.
@@ -108,12 +149,18 @@ class MlflowSweepCallback(Callback):
         else:
             run_id = tracking.open_parent_run(store, name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+        write_text_whole(sweep_dir / PARENT_RUN_FILE, run_id)
+        self._unhook = [
+            stops.before_stopping(lambda signum: _let_jobs_close(config, run_id, signum)),
+            stops.closing(lambda stopped: _close_stopped(config, run_id, stopped)),
+        ]
         log.info("sweep parent run %s (%s)", run_id, name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from digitcnn import tracking
 
+        for unhook in self._unhook:
+            unhook()
         run_id = parent_run_id(config.hydra.sweep.dir)
         if run_id is None:
             return

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from digitcnn.disk import write_text_whole
+
 
 def process_age() -> float:
     """Seconds since this process started (Linux: /proc; elsewhere 0)."""
@@ -42,4 +44,4 @@ class Timings:
         self.values[name] = {k: [round(float(v), 6) for v in vs] for k, vs in series.items()}
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.values, indent=2, sort_keys=True))
+        write_text_whole(path, json.dumps(self.values, indent=2, sort_keys=True))

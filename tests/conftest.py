@@ -8,6 +8,7 @@ session the real home's Keras, MLflow and digitcnn folders are checked to be as 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -34,8 +35,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from digitcnn import paths  # noqa: E402
 from digitcnn.config import register_configs  # noqa: E402
+from digitcnn.tracking.recording import SERVICE as RECORDER_SERVICE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+ON_LINUX = sys.platform.startswith("linux")
 # What in the user's home a test could touch: Keras's cache and config, MLflow's defaults,
 # an installed digitcnn's root.
 _WATCHED = (".keras", ".mlflow", "mlruns", "mlflow.db", "digitcnn", "outputs", "multirun")
@@ -182,3 +185,87 @@ def serving(args: list[str], env: dict[str, str], health_url: str, timeout: floa
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def only_run(root: Path, experiment: str):
+    client = client_for(root)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, run
+
+
+def start_cli(
+    root: Path, *args: str, env: dict[str, str] | None = None, own_group: bool = False
+) -> subprocess.Popen:
+    """`python -m digitcnn.run ARGS` started in the background, its output in one pipe;
+    `own_group`: in a process group of its own (signals sent to the group reach only it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitcnn.run", *args],
+        cwd=root,
+        env=cli_env(root) | (env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=own_group,
+    )
+
+
+def wait_for_epoch(root: Path, epoch: int, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    """The output folder of the only run under `root`, once its checkpoint has `epoch`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in root.glob("outputs/*/*/checkpoint/state.json"):
+            if json.loads(state.read_text())["epoch"] >= epoch:
+                return state.parent.parent
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    raise TimeoutError(f"no checkpoint of epoch {epoch}")
+
+
+def recorder_processes(pid: int) -> list[int]:
+    """The live recorder processes that process `pid` started (their command line names it;
+    Linux's /proc, else none are found)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode().split("\0")
+        except OSError:
+            continue  # ended meanwhile
+        if RECORDER_SERVICE in args and args[-2:-1] == [str(pid)]:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def recorders_end(pid: int, timeout: float = 10) -> bool:
+    """Whether the recorder processes of process `pid` are all gone within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while recorder_processes(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on a free loopback port: (port, store folder, its
+    process, the leader of a process group of its own)."""
+    port = free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    args = [
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{store}/mlflow.db",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    with serving(args, cli_env(tmp_path), f"http://127.0.0.1:{port}/health") as server:
+        yield port, store, server

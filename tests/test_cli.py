@@ -138,6 +138,15 @@ def no_runs(root: Path) -> bool:
         (["paths.data_dir=/proc/nope"], "dataset.cache_dir='/proc/nope' cannot be created"),
         (["dataset=images"], "error: dataset.path is required"),
         (["dataset=images", "dataset.path=/nonexistent.npz"], "does not exist"),
+        # Sizes that only the data can judge: checked once it is loaded, before the run opens.
+        (
+            ["dataset=digits", "trainer.batch_size=1000000"],
+            "trainer.batch_size=1000000 is not allowed: at most the 1,257 training images",
+        ),
+        (
+            ["dataset=digits", "model.kernel_size=50", "model.padding=valid"],
+            "model=cnn does not fit dataset=digits's 8x8 images",
+        ),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line_before_any_run(tmp_path, args, says):

@@ -106,6 +106,17 @@ def test_typos_and_wrong_types_fail_at_composition(compose_cfg, override, error,
         ("dataset.limit=-5", "dataset.limit"),
         ("model.padding=full", "model.padding"),
         ("optimizer.schedule=step", "optimizer.schedule"),
+        # Infinities pass a plain range check; a run would train on them and diverge.
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("optimizer.warmup_epochs=inf", "optimizer.warmup_epochs"),
+        ("tracking.outage_limit_seconds=inf", "tracking.outage_limit_seconds"),
+        ("model.dropout=nan", "model.dropout"),
+        ("optimizer.beta_1=1.5", "optimizer.beta_1"),
+        ("optimizer.beta_2=-0.1", "optimizer.beta_2"),
+        ("seed=-1", "seed"),
+        (f"seed={2**32}", "seed"),
+        (f"tracking.run_name={'r' * 251}", "tracking.run_name"),
+        (f"tracking.experiment={'e' * 501}", "tracking.experiment"),
     ],
 )
 def test_out_of_range_values_name_key_and_allowed_range(compose_cfg, override, key):

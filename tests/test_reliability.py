@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import mlflow
@@ -19,49 +18,22 @@ from sqlalchemy.engine import Engine
 
 from digitcnn import tracking
 from digitcnn.config import TrackingConfig
-from digitcnn.tracking.recording import SERVICE as RECORDER_SERVICE
 from tests.conftest import (
+    ON_LINUX,
     cli_env,
     client_for,
     failure_report,
-    free_port,
+    only_run,
+    recorder_processes,
+    recorders_end,
     run_cli,
     runs_of,
-    serving,
+    start_cli,
     store_uri,
+    wait_for_epoch,
 )
 
 DIGITS = ("dataset=digits", "dataset.val_size=180")
-ON_LINUX = sys.platform.startswith("linux")
-
-
-def only_run(root: Path, experiment: str):
-    client = client_for(root)
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return client, run
-
-
-def start_cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "digitcnn.run", *args],
-        cwd=root,
-        env=cli_env(root) | (env or {}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_for_epoch(root: Path, epoch: int, proc: subprocess.Popen, timeout: float = 240) -> Path:
-    """The output folder of the only run under `root`, once its checkpoint has `epoch`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for state in root.glob("outputs/*/*/checkpoint/state.json"):
-            if json.loads(state.read_text())["epoch"] >= epoch:
-                return state.parent.parent
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    raise TimeoutError(f"no checkpoint of epoch {epoch}")
 
 
 def test_exception_in_training_ends_failed_with_traceback(tmp_path):
@@ -75,24 +47,6 @@ def test_exception_in_training_ends_failed_with_traceback(tmp_path):
     traceback = (folder / "traceback.txt").read_text()
     assert "FloatingPointError: training diverged" in traceback
     assert not list(folder.glob("*.png"))  # nothing half-made was logged after the fault
-
-
-def test_ctrl_c_ends_the_run_killed(tmp_path):
-    # Batches of 2 make an epoch last seconds: time to interrupt it mid-training.
-    proc = start_cli(
-        tmp_path,
-        *DIGITS,
-        "trainer.epochs=50",
-        "trainer.batch_size=2",
-        "tracking.experiment=interrupt",
-    )
-    wait_for_epoch(tmp_path, 1, proc)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
-    _, run = only_run(tmp_path, "interrupt")
-    assert run.info.status == "KILLED"
-    assert recorders_end(proc.pid)  # the run's recorder process ended it, then itself
 
 
 def test_sigkill_then_resume_continues_the_same_run(tmp_path):
@@ -167,33 +121,8 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real MLflow tracking server on a free loopback port."""
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    args = [
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{store}/mlflow.db",
-        "--artifacts-destination",
-        str(store / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    with serving(args, cli_env(tmp_path), f"http://127.0.0.1:{port}/health"):
-        yield port, store
-
-
 def test_credentials_in_the_tracking_uri_are_never_recorded(tmp_path, mlflow_server):
-    port, store = mlflow_server
+    port, store, _ = mlflow_server
     secret = "s3cr3t-pw"
     uri = f"http://alice:{secret}@127.0.0.1:{port}"
     proc = run_cli(
@@ -321,30 +250,6 @@ def test_a_run_killed_while_recording_is_finished_by_resume(tmp_path):
 
     again = run_cli(tmp_path, f"resume={run.info.run_id}")
     assert again.returncode == 2 and "already has 2 epochs" in again.stderr
-
-
-def recorder_processes(pid: int) -> list[int]:
-    """The live recorder processes that process `pid` started (their command line names it;
-    Linux's /proc, else none are found)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().decode().split("\0")
-        except OSError:
-            continue  # ended meanwhile
-        if RECORDER_SERVICE in args and args[-2:-1] == [str(pid)]:
-            found.append(int(cmdline.parent.name))
-    return found
-
-
-def recorders_end(pid: int, timeout: float = 10) -> bool:
-    """Whether the recorder processes of process `pid` are all gone within `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while recorder_processes(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.skipif(not ON_LINUX, reason="reads /proc")

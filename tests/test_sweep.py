@@ -194,3 +194,7 @@ def test_a_killed_sweep_resumes_into_its_parent_and_skips_finished_jobs(tmp_path
     history = client.get_metric_history(continued.info.run_id, "val_accuracy")
     assert sorted({m.step for m in history}) == [1, 2, 3]
     assert all(c.info.status == "KILLED" for c in children if c not in counted)
+    # A job's name and summary row are the same whether or not the resumed sweep ran it.
+    names = {c.data.params["seed"]: c.info.run_name for c in counted}
+    assert names == {s: ",".join([*QUICK, "trainer.epochs=3", f"seed={s}"]) for s in "123"}
+    assert not summary_table(client, parent_after)["overrides"].str.contains("resume=").any()

@@ -154,6 +154,42 @@ def test_predict_skips_bombs_blanks_and_non_images_and_answers_the_rest(mnist_ru
         assert noise not in proc.stderr, proc.stderr
 
 
+def drawn_on_transparency(digit: int, ink: int) -> Image.Image:
+    """A digit as drawing tools and browsers save it: ink of shade `ink` on a fully
+    transparent background whose hidden colour is black (RGBA 0, 0, 0, 0)."""
+    shape = render_digit(digit, (96, 96), dark_on_light=False)  # light strokes on black
+    rgba = Image.new("RGBA", shape.size, (0, 0, 0, 0))
+    rgba.paste((ink, ink, ink, 255), mask=shape.point(lambda v: 255 if v > 128 else 0))
+    return rgba
+
+
+def test_predict_reads_transparent_drawings_and_skips_special_files(mnist_run, tmp_path):
+    import os
+
+    root, run = mnist_run
+    folder = tmp_path / "drawn"
+    folder.mkdir()
+    for digit in (2, 4, 7):
+        drawn_on_transparency(digit, ink=0).save(folder / f"black-ink-{digit}.png")
+    drawn_on_transparency(7, ink=255).save(folder / "white-ink-7.png")
+    os.mkfifo(folder / "pipe-inside")
+    os.mkfifo(tmp_path / "pipe-named")
+    proc = predict_cli(
+        root,
+        f"model=runs:/{run.info.run_id}/model",
+        f"inputs={folder},{tmp_path / 'pipe-named'}",
+        "--json",
+    )  # a FIFO read would wait for a writer forever: run_cli's timeout fails the test
+    assert proc.returncode == 0, failure_report(proc)
+    results = {Path(r["file"]).name: r for r in json.loads(proc.stdout)}
+    for digit in (2, 4, 7):
+        assert results[f"black-ink-{digit}.png"].get("digit") == digit, results
+    assert results["white-ink-7.png"].get("digit") == 7, results
+    for name in ("pipe-inside", "pipe-named"):
+        assert results[name]["error"] == "not a regular file (a FIFO)", results
+    assert "2 of 6 files skipped" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_image_preparation_centres_the_ink_like_mnist():
     image = np.full((100, 60), 255, np.float32)
     image[10:40, 5:20] = 0  # dark ink, off-centre, on white paper

@@ -7,10 +7,8 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
-import os
 import pickle
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import IO, ClassVar
 
 import numpy as np
 
+from digitcnn.disk import written_whole
 from digitcnn.errors import DataError
 
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -136,13 +135,5 @@ def mnist_pickle_to_keras(stream: IO[bytes]) -> Arrays:
 def write_npz_atomic(path: Path, arrays: Arrays) -> None:
     """Write an .npz through a temporary file and a rename: readers see all of it or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed: every run reads it, it is written once
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_whole(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # uncompressed: every run reads it, it is written once

@@ -4,7 +4,7 @@ callback and hands its records to a recorder.
 - describe: what describes a run (redaction, flattened config, versions, git state), no MLflow;
 - store: where runs are recorded, its creation and checks;
 - runs: one run's lifecycle and what it writes (`Recorder`);
-- process: a single run's recorder in a second process, so that MLflow's imports and calls
+- recording: a single run's recorder in a second process, so that MLflow's imports and calls
   overlap the training process's (see `RecorderProcess`); service: that process's side;
 - callback: the per-epoch Keras callback; files: artifacts written to a folder;
 - sweeps: a sweep's parent run, its children, failed jobs and the champion alias.
@@ -32,7 +32,7 @@ _HOMES = {
     ),
     "runs": ("Recorder", "tracked_run"),
     "callback": ("EpochMetricsLogger",),
-    "process": ("RecorderProcess",),
+    "recording": ("RecorderProcess",),
     "sweeps": (
         "CHAMPION",
         "earlier_attempt",
@@ -42,7 +42,9 @@ _HOMES = {
         "open_parent_run",
         "record_failed_run",
         "reopen_parent_run",
+        "running_jobs",
         "set_champion",
+        "stop_sweep",
         "supersede",
         "sweep_records",
     ),

@@ -1,7 +1,7 @@
 """Messages between a training process and its recorder process: pickles, length-prefixed,
-over a socket pair. Ctrl-C garbles nothing: it can interrupt a read or a send only while no
-bytes move; what was received waits for the next read, what is left to send goes out first
-with the next send."""
+over a socket pair. A stop signal (Ctrl-C, SIGTERM, SIGHUP) garbles nothing: it can interrupt
+a read or a send only while no bytes move; what was received waits for the next read, what is
+left to send goes out first with the next send."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pickle
 import select
 import signal
 import socket
+import time
 from typing import Any
 
 _HEADER = 8  # bytes of length before each message
+_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # see digitcnn.stops
 
 
 class ChannelClosed(EOFError):
@@ -29,7 +31,7 @@ class Channel:
         self._unsent += len(payload).to_bytes(_HEADER, "big") + payload
         while self._unsent:
             select.select([], [self.sock], [])  # interruptible: nothing moves while waiting
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
             try:  # sent and forgotten together, or neither
                 sent = self.sock.send(self._unsent, socket.MSG_DONTWAIT)
                 del self._unsent[:sent]
@@ -38,8 +40,10 @@ class Channel:
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
-    def receive(self, wait: bool = True) -> Any:
-        """The next message; with `wait=False`, None when none has arrived whole yet."""
+    def receive(self, wait: bool = True, timeout: float | None = None) -> Any:
+        """The next message; None when none has arrived whole yet: at once with
+        `wait=False`, after `timeout` seconds otherwise."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             buffered = self._received
             if len(buffered) >= _HEADER:
@@ -48,6 +52,10 @@ class Channel:
                     message = pickle.loads(buffered[_HEADER:end])
                     del buffered[:end]
                     return message
+            if wait and deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                    return None
             try:
                 chunk = self.sock.recv(1 << 20, 0 if wait else socket.MSG_DONTWAIT)
             except BlockingIOError:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import RecorderGone
+from digitcnn.stops import GRACE_SECONDS
 from digitcnn.tracking.channel import Channel, ChannelClosed
 from digitcnn.tracking.files import write_files
 
@@ -95,6 +96,7 @@ class RecorderProcess:
         )
         theirs.close()
         self._channel = Channel(ours)
+        self.deadline: float | None = None  # set when a stopped run has GRACE_SECONDS left
         self._waiting: deque[Callable[[], None]] = deque()  # per answer due: its clean-up
         self._send("preflight", cfg, cfg.log_model)
 
@@ -107,11 +109,18 @@ class RecorderProcess:
         self._waiting.append(after)
 
     def _read(self, wait: bool = True) -> tuple[bool, Any]:
-        """Read one answer due; (False, None) if `wait` is False and none has come."""
+        """Read one answer due; (False, None) if `wait` is False and none has come. Past the
+        `deadline` (a stopped run's grace) the recorder is ended and counts as gone."""
+        left = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
         try:
-            answer = self._channel.receive(wait)
+            answer = self._channel.receive(wait, timeout=left)
         except ChannelClosed:
             self._gone()
+        if answer is None and wait:
+            self._process.kill()
+            raise RecorderGone(
+                f"the recorder process (MLflow) did not answer within {GRACE_SECONDS:.0f} s"
+            )
         if answer is None:
             return False, None
         self._waiting.popleft()()
@@ -139,9 +148,14 @@ class RecorderProcess:
         return self._read()[1]
 
     def post(self, name: str, *args: Any, after=lambda: None, **kwargs: Any) -> None:
-        """Ask without waiting (`after` runs once answered); answers that came are read."""
-        while self._waiting and self._read(wait=False)[0]:
-            pass
+        """Ask without waiting (`after` runs once answered, or now if an earlier answer is
+        an error); answers that came are read."""
+        try:
+            while self._waiting and self._read(wait=False)[0]:
+                pass
+        except BaseException:
+            after()  # never sent: its files go now
+            raise
         self._send(name, *args, after=after, **kwargs)
 
     def preflight(self) -> None:
@@ -186,9 +200,14 @@ class RecorderProcess:
 
     def close(self) -> None:
         """Let the recorder process end (it stops at the channel's end) and wait for it: it
-        may still be creating the store, which must not be cut short."""
+        may still be creating the store, which must not be cut short; a stopped run waits
+        GRACE_SECONDS at most."""
         self._channel.close()
-        self._process.wait()
+        try:
+            self._process.wait(timeout=GRACE_SECONDS if self.deadline else None)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
         while self._waiting:  # answers that never came (the recorder died): their files go
             self._waiting.popleft()()
 
@@ -202,6 +221,7 @@ class RemoteRecorder:
         self.run_id, self.artifact_uri = run_id, artifact_uri
         self.seconds = 0.0  # the recorder's time in MLflow calls, known once the run ended
         self.call_seconds: dict[str, list[float]] = {}
+        self.ended: str | None = None  # the status the run was ended with
 
     def _post(self, name: str, *args: Any, after=lambda: None, **kwargs: Any) -> None:
         self._process.post("record", name, *args, after=after, **kwargs)
@@ -255,12 +275,16 @@ class RemoteRecorder:
 
     def finish(self, error: BaseException | None, trace: str) -> None:
         """End the run (see `tracking.runs.finish_run`) once every call made was answered;
-        one that failed fails the run, if the work itself did not."""
+        one that failed fails the run, if the work itself did not. A stopped run (Ctrl-C,
+        SIGTERM, SIGHUP) is ended within GRACE_SECONDS, or left open for `resume=` (`ended`
+        stays None)."""
+        if isinstance(error, KeyboardInterrupt):
+            self._process.deadline = time.monotonic() + GRACE_SECONDS
         try:
             late = self._process.settle()
             if error is None and late is not None:
                 error, trace = late, "".join(traceback.format_exception(late))
-            self.seconds, self.call_seconds = self._process.call(
+            self.seconds, self.call_seconds, self.ended = self._process.call(
                 "finish_run", _outcome(error), trace
             )
         except RecorderGone:
@@ -272,14 +296,14 @@ class RemoteRecorder:
 
 
 def _outcome(error: BaseException | None) -> BaseException | None:
-    """What the recorder needs to know of the error that ended the work: Ctrl-C (KILLED),
+    """What the recorder needs to know of the error that ended the work: a stop (KILLED),
     the server's absence (nothing more to write) or any other (FAILED, traceback logged)."""
     from digitcnn.errors import TrackingUnavailable
 
     if error is None:
         return None
     if isinstance(error, KeyboardInterrupt):
-        return KeyboardInterrupt()
+        return KeyboardInterrupt(str(error))  # the signal's name
     if isinstance(error, TrackingUnavailable):
         return TrackingUnavailable(str(error))
     return RuntimeError(f"{type(error).__name__}: {error}")

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -78,6 +79,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._epochs: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
+        self.ended: str | None = None  # the status `finish_run` ended the run with
 
     def _call(self, fn, *args, **kwargs):
         """fn(*args, **kwargs), retried while the server is unreachable, up to the bound."""
@@ -140,11 +142,19 @@ class Recorder:
             finally:
                 self._epochs.task_done()
 
-    def flush(self) -> None:
-        """Wait until every queued epoch is written; raise if the server stayed away."""
-        self._epochs.join()
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued epoch is written (at most `timeout` seconds; whether they
+        were); raise if the server stayed away."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._epochs.all_tasks_done:
+            while self._epochs.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._epochs.all_tasks_done.wait(left)
         if self.unavailable is not None:
             raise self.unavailable
+        return True
 
     def log_missing_epochs(self, history: Mapping[str, list[float]]) -> None:
         """Record the epochs of `history` (a checkpoint's) that the run lacks: those whose
@@ -218,17 +228,35 @@ class Recorder:
             self._call(mlflow.log_input, dataset, context="training")
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
-        self._call(self.client.log_artifact, self.run_id, str(path), folder)
+        with self._whole_or_none():
+            self._call(self.client.log_artifact, self.run_id, str(path), folder)
 
     def log_folder(self, path: Path, folder: str | None = None) -> None:
-        self._call(self.client.log_artifacts, self.run_id, str(path), folder)
+        with self._whole_or_none():
+            self._call(self.client.log_artifacts, self.run_id, str(path), folder)
 
     def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
         """Write {name: content} (see `write_files`) to a temporary folder and log it. A file
         lands in the store whole, or the call fails."""
         with tempfile.TemporaryDirectory() as tmp:
             write_files(files, Path(tmp))
-            self._call(self.client.log_artifacts, self.run_id, tmp, folder)
+            self.log_folder(Path(tmp), folder)
+
+    @contextmanager
+    def _whole_or_none(self) -> Iterator[None]:
+        """Artifacts in a local folder (MLflow copies them in place) that a failed call left
+        half-copied, a full disk's empty or cut files, are removed: a run's artifacts are
+        whole or absent. A server's store answers for its own."""
+        local = urllib.parse.urlsplit(self.artifact_uri)
+        root = Path(local.path) if local.scheme in ("", "file") else None
+        before = _file_sizes(root) if root else {}
+        try:
+            yield
+        except Exception:
+            for path, size in _file_sizes(root).items() if root else ():
+                if before.get(path) != size:
+                    path.unlink(missing_ok=True)
+            raise
 
     def log_model(self, model: keras.Model, *details: Any) -> None:
         """The trained model, saved to a temporary file and logged by `log_keras_file`, which
@@ -271,6 +299,12 @@ class Recorder:
         )
 
 
+def _file_sizes(folder: Path) -> dict[Path, int]:
+    if not folder.is_dir():
+        return {}
+    return {path: path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+
+
 def open_run(
     store: Store,
     run_name: str,
@@ -305,9 +339,15 @@ def open_run(
 def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "") -> None:
     """End the run `open_run` started, after the work it records ended with `error` (None:
     it succeeded; `trace`: the error's traceback). FINISHED once every queued epoch is
-    written; KILLED after Ctrl-C; otherwise FAILED, with the traceback as traceback.txt.
-    After an outage past the limit nothing more can be written and the run waits for
-    `resume=`; `TrackingUnavailable` is raised then."""
+    written; KILLED after a stop signal (tag `stopped_by`: its name), with the epochs queued
+    so far written within GRACE_SECONDS; FAILED after a full disk (tag `stopped_by`, no
+    traceback: there is no room for it); otherwise FAILED, with the traceback as
+    traceback.txt. After an outage past the limit nothing more can be written and the run
+    waits for `resume=`; `TrackingUnavailable` is raised then. `recorder.ended` says how the
+    run was ended (None: it could not be, and stays open for `resume=`)."""
+    from digitcnn.disk import is_disk_full
+    from digitcnn.stops import GRACE_SECONDS
+
     status = "FAILED"
     try:
         if error is None:
@@ -315,17 +355,25 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
             status = "FINISHED"
         elif isinstance(error, KeyboardInterrupt):
             status = "KILLED"
+            with contextlib.suppress(Exception):
+                recorder.flush(timeout=GRACE_SECONDS / 2)
+                recorder.log_tags({"stopped_by": str(error) or "SIGINT"})
+        elif is_disk_full(error):
+            with contextlib.suppress(Exception):
+                recorder.log_tags({"stopped_by": "disk full"})
         elif not isinstance(error, TrackingUnavailable):
             with contextlib.suppress(TrackingUnavailable):
                 recorder.log_files({"traceback.txt": trace})
     finally:
-        if recorder.unavailable is None:
+        if recorder.unavailable is None and not is_disk_full(error):
             with recorder._timed("end_run"):
                 mlflow.end_run(status)
-        else:  # the server is away: end the run here (MLflow would end it FINISHED at exit)
-            with contextlib.suppress(Exception):
+            recorder.ended = status
+        else:  # the server is away, or the store's disk is full: try, never fail on it
+            with contextlib.suppress(Exception):  # (MLflow would end it FINISHED at exit)
                 mlflow.end_run("FAILED")
-        log.debug("MLflow run %s ended %s", recorder.run_id, status)
+                recorder.ended = "FAILED"
+        log.debug("MLflow run %s ended %s", recorder.run_id, recorder.ended)
 
 
 @contextmanager

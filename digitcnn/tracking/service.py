@@ -3,9 +3,10 @@
 arrive over the socket FD; each reply carries the result or the error, and the log records
 of digitcnn's loggers since the last reply.
 
-It lives and dies with its parent: Ctrl-C is the parent's to handle (it asks for the run to
-end KILLED), and if the parent is killed this process is killed too (Linux), or stops at the
-channel's end, leaving the run open for `resume=` as a killed single process would.
+It lives and dies with its parent: a stop signal (Ctrl-C, SIGTERM, SIGHUP, also when sent to
+the whole process group) is the parent's to handle (it asks for the run to end KILLED), and
+if the parent is killed this process is killed too (Linux), or stops at the channel's end,
+leaving the run open for `resume=` as a killed single process would.
 """
 
 from __future__ import annotations
@@ -133,11 +134,11 @@ class RecorderService:
 
         self.record("log_dataset", np.load(features), np.load(targets), *args)
 
-    def finish_run(self, error: BaseException | None, trace: str) -> tuple[float, dict]:
+    def finish_run(self, error: BaseException | None, trace: str) -> tuple[float, dict, str]:
         from digitcnn.tracking.runs import finish_run
 
         finish_run(self.recorder, error, trace)
-        return self.recorder.seconds, self.recorder.call_seconds
+        return self.recorder.seconds, self.recorder.call_seconds, self.recorder.ended
 
 
 def serve(channel: Channel) -> None:
@@ -163,7 +164,8 @@ def serve(channel: Channel) -> None:
 def main() -> None:
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the parent decides
+        signal.signal(signum, signal.SIG_IGN)
     serve(Channel(socket.socket(fileno=fd)))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -101,17 +103,75 @@ def _store_creation(uri: str) -> Iterator[None]:
         yield
 
 
+_DAMAGED = ("malformed", "not a database", "file is encrypted", "database corrupt")
+_READ_ONLY = ("readonly database", "read-only", "unable to open database file", "permission")
+
+
+def damage(exc: BaseException, uri: str) -> str | None:
+    """What is wrong with a SQLite store's file, in one line with what to do; None when
+    `exc` says nothing of the file (a refusal, a server's error)."""
+    db = _sqlite_path(uri)
+    message = str(exc).lower()
+    if db is None:
+        return None
+    if any(words in message for words in _DAMAGED):
+        return (
+            f"the store's database {db} is damaged ({str(exc).splitlines()[0].split(') ')[-1]}):"
+            f" restore it from a backup, or move it aside (mv {db} {db}.damaged) and a new, "
+            "empty store is made"
+        )
+    if any(words in message for words in _READ_ONLY):
+        return (
+            f"the store's database {db} cannot be written: give this user write access to "
+            "the file and its folder, and check that neither is immutable (lsattr)"
+        )
+    if "database is locked" in message:
+        return (
+            f"the store's database {db} stayed locked by another process; retry once it is "
+            "done, or give parallel jobs a server (see docs/team.md)"
+        )
+    return None
+
+
+@contextmanager
+def _usable(uri: str) -> Iterator[None]:
+    """A store whose file is damaged, read-only or locked: one line (an `InputError`) naming
+    the file and what to do, instead of the database driver's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        reason = damage(exc, uri)
+        if reason is None:
+            raise
+        raise InputError(f"tracking.uri={redact(uri)!r}: {reason}") from None
+
+
+def _check_writable(uri: str) -> None:
+    """Write to a SQLite store's file once, changing nothing (its `user_version` set to what
+    it is): a file that can be read but not written (immutable, on a read-only mount, or
+    denied to this user) fails here, before any run exists, not when the run opens."""
+    db = _sqlite_path(uri)
+    if db is None or not db.is_file():
+        return
+    with _usable(uri), contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        connection.execute(f"PRAGMA user_version = {int(version)}")
+        connection.commit()
+
+
 def tracking_client(uri: str) -> MlflowClient:
     """A client on `uri`, the store created (once, under the lock) if it is new."""
-    with _store_creation(uri):
-        return MlflowClient(uri)
+    with _usable(uri), _store_creation(uri):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # reads the file: damage shows here
+        return client
 
 
 def client_for(cfg: TrackingConfig) -> Store:
     """A client on `cfg.uri` and `cfg.experiment`, both created if missing; the fluent API
     (`mlflow.start_run`) is pointed at the same store."""
     mlflow.set_tracking_uri(cfg.uri)
-    with _store_creation(cfg.uri):
+    with _usable(cfg.uri), _store_creation(cfg.uri):
         client = MlflowClient(cfg.uri)
         experiment = _experiment(client, cfg)
     return Store(client, cfg.experiment, experiment.experiment_id, experiment.artifact_location)
@@ -133,6 +193,7 @@ def preflight(cfg: TrackingConfig) -> Store:
             ) from None
     try:
         store = client_for(cfg)
+        _check_writable(cfg.uri)
         location = store.artifact_location
     except (OSError, mlflow.exceptions.MlflowException) as exc:
         reason = refusal(exc, cfg.experiment) or f"cannot be used: {redact(str(exc))}"

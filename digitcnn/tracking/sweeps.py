@@ -105,6 +105,28 @@ def end_parent_run(recorder: Recorder, status: str) -> None:
     recorder.client.set_terminated(recorder.run_id, status)
 
 
+def running_jobs(store: Store, parent_run_id: str) -> list[Run]:
+    """The sweep's child runs still RUNNING."""
+    children = _children(store.client, store.experiment_id, parent_run_id)
+    return [run for run in children if run.info.status == "RUNNING"]
+
+
+def stop_sweep(store: Store, parent_run_id: str, signal_name: str) -> tuple[int, int]:
+    """End a stopped sweep: its jobs still RUNNING (their processes were stopped or killed
+    without closing them) and its parent run KILLED, each tagged `stopped_by`. Returns how
+    many of its jobs are FINISHED and how many KILLED."""
+    client = store.client
+    children = _children(client, store.experiment_id, parent_run_id)
+    for run in children:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "stopped_by", signal_name)
+            client.set_terminated(run.info.run_id, "KILLED")
+    client.set_tag(parent_run_id, "stopped_by", signal_name)
+    client.set_terminated(parent_run_id, "KILLED")
+    finished = sum(run.info.status == "FINISHED" for run in children)
+    return finished, len(children) - finished
+
+
 def _from_job_config(cfg: DictConfig) -> Store:
     return client_for(OmegaConf.to_object(cfg.tracking))
 

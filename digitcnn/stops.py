@@ -1,0 +1,140 @@
+"""How a process of digitcnn stops on a signal.
+
+SIGINT (Ctrl-C), SIGTERM (what Slurm, Kubernetes, systemd and `timeout` send) and SIGHUP (a
+closed terminal, a dropped ssh session) all mean the same: stop now, cleanly. Each raises
+`Stopped` (a KeyboardInterrupt, so every `finally` runs and an open run ends KILLED) in the
+main thread; later signals are ignored while the process closes its records, which takes at
+most `GRACE_SECONDS`, well inside a scheduler's grace period before its SIGKILL (30 s for
+Kubernetes and Slurm by default). The process then exits with 128 + the signal's number, after
+one line that says what was recorded and how to go on.
+
+A signal that was ignored when the process started (`nohup`, a background job of a
+non-interactive shell) stays ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_SECONDS = 15.0  # the most a stopped process spends closing its records
+
+_before_stopping: list[Callable[[int], None]] = []
+_closers: list[Callable[[Stopped], None]] = []
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived; `outcome` is what the process made of it (one line)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.outcome = ""
+
+    def __reduce__(self):  # a launcher's worker hands it back to the sweep's process
+        return type(self), (self.signum,), {"outcome": self.outcome}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+def as_stopped(exc: KeyboardInterrupt) -> Stopped:
+    """A KeyboardInterrupt as a `Stopped` (one raised by Python's own SIGINT handler, before
+    `install` ran, is a SIGINT)."""
+    if isinstance(exc, Stopped):
+        return exc
+    stopped = Stopped(signal.SIGINT)
+    stopped.outcome = getattr(exc, "outcome", "")
+    return stopped
+
+
+def install() -> None:
+    """Make every stop signal raise `Stopped` in this process (its main thread only: Python
+    runs signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        current = signal.getsignal(signum)
+        if current is not signal.SIG_IGN and current is not _ignore_later:
+            signal.signal(signum, _stop)
+
+
+def before_stopping(hook: Callable[[int], None]) -> Callable[[], None]:
+    """Run `hook(signum)` when a stop signal arrives, before `Stopped` is raised (a sweep
+    lets its jobs in other processes close their runs first); returns what removes it."""
+    _before_stopping.append(hook)
+    return lambda: _before_stopping.remove(hook) if hook in _before_stopping else None
+
+
+def closing(closer: Callable[[Stopped], None]) -> Callable[[], None]:
+    """Run `closer(stopped)` once a stop has unwound the work, before the process exits (a
+    sweep closes its parent run and says how to resume it, in `stopped.outcome`); returns
+    what removes it."""
+    _closers.append(closer)
+    return lambda: _closers.remove(closer) if closer in _closers else None
+
+
+def close(exc: KeyboardInterrupt) -> Stopped:
+    """Run the closers for the stop `exc`; the stop, its outcome filled in."""
+    stopped = as_stopped(exc)
+    for closer in list(_closers):
+        try:
+            closer(stopped)
+        except Exception as error:  # a closer that fails must not hide the others' work
+            stopped.outcome = f"{stopped.outcome}; closing failed: {error}".lstrip("; ")
+    return stopped
+
+
+def _ignore_later(signum: int, frame) -> None:
+    """A second stop signal while the first is being handled: the records are being closed
+    (within GRACE_SECONDS); interrupting that would leave them half-closed."""
+
+
+def _stop(signum: int, frame) -> None:
+    for other in STOP_SIGNALS:
+        if signal.getsignal(other) is _stop:
+            signal.signal(other, _ignore_later)
+    for hook in list(_before_stopping):
+        hook(signum)
+    raise Stopped(signum)
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """The live processes below `pid` (default: this one), children first; Linux's /proc,
+    elsewhere none."""
+    parents: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, queue = [], [pid or os.getpid()]
+    while queue:
+        for child in parents.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def forward(signum: int, pids: list[int]) -> None:
+    """Send `signum` to each of `pids` that is still alive."""
+    for pid in pids:
+        with contextlib.suppress(OSError):  # ended meanwhile
+            os.kill(pid, signum)
