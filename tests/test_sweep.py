@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -198,3 +200,70 @@ def test_a_killed_sweep_resumes_into_its_parent_and_skips_finished_jobs(tmp_path
     names = {c.data.params["seed"]: c.info.run_name for c in counted}
     assert names == {s: ",".join([*QUICK, "trainer.epochs=3", f"seed={s}"]) for s in "123"}
     assert not summary_table(client, parent_after)["overrides"].str.contains("resume=").any()
+
+
+@pytest.mark.parametrize(
+    ("signum", "launcher"),
+    [
+        (signal.SIGINT, ()),  # Ctrl-C in the terminal: the whole foreground group
+        (signal.SIGTERM, ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")),
+    ],
+)
+def test_a_stopped_sweep_ends_killed_and_resumes(tmp_path, signum, launcher):
+    """A stop signal mid-epoch (Ctrl-C to the group with the basic launcher; a scheduler's
+    SIGTERM to the sweep's process alone, its jobs in joblib's worker processes): the parent
+    and every running job end KILLED with their epochs recorded, one line says how to resume,
+    the exit status is 128 + the signal; the printed command finishes the sweep."""
+    sweep = [*QUICK, "trainer.batch_size=2", "trainer.epochs=3", "seed=1,2", *launcher]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digitcnn.run", "-m", *sweep],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("multirun/*/*/*/checkpoint/state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    time.sleep(0.5)  # mid-epoch
+    sent = time.monotonic()
+    if launcher:
+        os.kill(proc.pid, signum)
+    else:
+        os.killpg(proc.pid, signum)
+    output = proc.communicate(timeout=120)[0]
+    took = time.monotonic() - sent
+
+    assert proc.returncode == 128 + signum, output[-3000:]
+    assert took < 25, f"{took:.1f} s from the signal to the exit"
+    assert "Traceback" not in output
+    client, parent, children = sweep_runs(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert all(c.info.status in ("KILLED", "FINISHED") for c in children)
+    for child in children:
+        folder = Path(child.data.tags["hydra.output_dir"])
+        state = folder / "checkpoint" / "state.json"
+        done = json.loads(state.read_text())["epoch"] if state.is_file() else 0
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert sorted(steps) == list(range(1, done + 1))  # every epoch done, once
+    (line,) = [ln for ln in output.splitlines() if "stopped by " in ln]
+    (folder,) = (tmp_path / "multirun").glob("*/*")
+    command = line.split("`")[1]
+    assert line.split("stopped by ")[1].startswith(
+        f"{signal.Signals(signum).name}: sweep run {parent.info.run_id} ended KILLED"
+    )
+    assert command.endswith(f"resume={folder}"), line
+
+    resumed = run_cli(tmp_path, *shlex.split(command)[3:])  # after `python -m digitcnn.run`
+    assert resumed.returncode == 0, failure_report(resumed)
+    client, parent, children = sweep_runs(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 2
+    counted = [c for c in children if c.data.tags.get("sweep.superseded") != "true"]
+    assert sorted(c.data.params["seed"] for c in counted) == ["1", "2"]
+    for child in counted:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert sorted(steps) == [1, 2, 3]

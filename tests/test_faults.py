@@ -1,0 +1,158 @@
+"""Faults around a run: a full disk, a file size limit, a damaged or unwritable store. Each is
+one line, no half-written file under a final name, no empty artifact, and a record that says
+what happened."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env, failure_report, only_run, run_cli
+
+DIGITS = ("dataset=digits", "dataset.val_size=180")
+# A dense layer of 1024 units makes each checkpoint of the digits model about 4 MB.
+BIG = ("model.dense_units=1024",)
+
+
+def error_lines(output: str) -> list[str]:
+    """The lines that say `error: ...`, less the time stamp a sweep's log puts before them."""
+    return [ln[ln.index("error: ") :] for ln in output.splitlines() if "error: " in ln]
+
+
+def partial_files(root: Path) -> list[Path]:
+    """Files under a temporary or cut name: what `written_whole` never leaves behind."""
+    return [p for p in root.rglob("*") if ".partial" in p.name]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 7 MiB filesystem of its own (tmpfs): the store, the run's folder and TMPDIR all on
+    it. Needs the right to mount (root, as in CI); skipped elsewhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI runs as root and must mount a tmpfs: {mounted.stderr!r}")
+        pytest.skip("mounting a tmpfs needs root")
+    (disk / "tmp").mkdir()
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def grow(disk: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+
+def test_a_full_disk_keeps_the_last_whole_checkpoint_and_says_how_to_go_on(small_disk):
+    """The second checkpoint does not fit: no cut file under its name, the first checkpoint
+    and its state are whole, the run ends FAILED without an empty traceback, one line says
+    where the disk is full; once there is room, resume= continues after epoch 1."""
+    env = {"TMPDIR": str(small_disk / "tmp")}
+    proc = run_cli(
+        small_disk, *DIGITS, *BIG, "trainer.epochs=3", "tracking.experiment=full", env=env
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, failure_report(proc)
+    (line,) = error_lines(output)
+    assert line.startswith(f"error: no space left on the disk holding {small_disk}"), line
+    assert "continues after epoch 1 of 3" in line and "Traceback" not in output
+    (folder,) = small_disk.glob("outputs/*/*")
+    assert [p.name for p in (folder / "checkpoint").glob("*.keras")] == ["epoch-001.keras"]
+    assert not partial_files(small_disk)
+    # No file handed over to the recorder is left (Keras leaves an empty tmp*/assets folder
+    # when a save fails: empty, so no data of the run).
+    assert not [p for p in (small_disk / "tmp").rglob("*") if p.is_file()]
+    client, run = only_run(small_disk, "full")
+    assert run.info.status == "FAILED" and run.data.tags["stopped_by"] == "disk full"
+    artifacts = small_disk / "mlruns" / "artifacts"
+    assert not [p for p in artifacts.rglob("*") if p.is_file() and p.stat().st_size == 0]
+
+    grow(small_disk, "64m")
+    resumed = run_cli(small_disk, f"resume={folder}", env=env)
+    assert resumed.returncode == 0, failure_report(resumed)
+    client, run = only_run(small_disk, "full")
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def test_a_file_size_limit_is_one_line_and_leaves_no_cut_checkpoint(tmp_path):
+    """`ulimit -f` (RLIMIT_FSIZE, no root needed): the first checkpoint is larger than the
+    limit, so nothing can be resumed; the run ends FAILED, no cut file is left."""
+    limit = 2 * 2**20  # the store (about 1 MB) fits, a 4 MB checkpoint does not
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "digitcnn.run", *DIGITS, *BIG, "tracking.experiment=limit"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limited,
+    )
+    assert proc.returncode == 2, failure_report(proc)
+    (line,) = error_lines(proc.stderr)
+    assert "a file grew past this process's size limit (ulimit -f)" in line, line
+    assert "raise it, then start it again (no epoch was checkpointed)" in line
+    assert not partial_files(tmp_path) and not list(tmp_path.glob("outputs/*/*/checkpoint/*"))
+    _, run = only_run(tmp_path, "limit")
+    assert run.info.status == "FAILED"
+
+
+def damaged(db: Path) -> None:
+    db.write_bytes(db.read_bytes()[: len(db.read_bytes()) // 3])  # cut, as a crash or a copy
+
+
+def immutable(db: Path) -> None:
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root and a filesystem with attributes")
+
+
+@pytest.mark.parametrize(
+    ("harm", "says"),
+    [(damaged, "is damaged (database disk image is malformed)"), (immutable, "cannot be written")],
+)
+def test_a_damaged_or_unwritable_store_is_one_line_from_one_process(tmp_path, harm, says):
+    first = run_cli(tmp_path, *DIGITS, "trainer.epochs=1", "tracking.log_model=false")
+    assert first.returncode == 0, failure_report(first)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    before = sorted(p.name for p in (tmp_path / "mlruns").iterdir())
+    harm(db)
+    try:
+        proc = run_cli(tmp_path, *DIGITS, "trainer.epochs=1")
+        sweep = run_cli(tmp_path, "-m", *DIGITS, "trainer.epochs=1", "seed=1,2")
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], capture_output=True)
+    for attempt in (proc, sweep):
+        output = attempt.stdout + attempt.stderr
+        assert attempt.returncode == 2, failure_report(attempt)
+        (line,) = error_lines(output)
+        assert f"the store's database {db} {says}" in line, line
+        assert "Traceback" not in output and "sqlalchemy" not in output.lower()
+    assert sorted(p.name for p in (tmp_path / "mlruns").iterdir()) == before
+
+
+def test_a_run_name_longer_than_mlflow_keeps_is_cut_from_the_overrides(tmp_path):
+    """A run named from many overrides is cut to MLflow's 250 characters (the overrides tag
+    keeps them all); a name the user gives that long is refused."""
+    overrides = [f"tags=[{','.join(f'label{i:03d}' for i in range(40))}]"]
+    proc = run_cli(tmp_path, "experiment=quick", *overrides)
+    assert proc.returncode == 0, failure_report(proc)
+    _, run = only_run(tmp_path, "quick")
+    assert len(run.info.run_name) == 250 and run.info.run_name.endswith("…")
+    assert "label039" in run.data.tags["overrides"]
+    shutil.rmtree(tmp_path / "outputs")
