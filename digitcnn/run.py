@@ -71,6 +71,7 @@ def cli() -> None:
         main()
         status = 0
     except KeyboardInterrupt as exc:
+        stops.shield()
         stopped = stops.close(exc)
         outcome = stopped.outcome or "before the run was opened: nothing was recorded"
         log.error("stopped by %s: %s", stopped.name, outcome)

@@ -47,6 +47,18 @@ class Stopped(KeyboardInterrupt):
         return 128 + self.signum
 
 
+def shield() -> None:
+    """Ignore further stop signals while the first one is handled: the records are being
+    closed (within GRACE_SECONDS), and interrupting that would leave them half-closed. Called
+    by what handles a stop, also one that did not come through `install`'s handlers (a
+    KeyboardInterrupt raised by Python's or a library's own SIGINT handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) not in (signal.SIG_IGN, _ignore_later):
+            signal.signal(signum, _ignore_later)
+
+
 def as_stopped(exc: KeyboardInterrupt) -> Stopped:
     """A KeyboardInterrupt as a `Stopped` (one raised by Python's own SIGINT handler, before
     `install` ran, is a SIGINT)."""
@@ -95,14 +107,11 @@ def close(exc: KeyboardInterrupt) -> Stopped:
 
 
 def _ignore_later(signum: int, frame) -> None:
-    """A second stop signal while the first is being handled: the records are being closed
-    (within GRACE_SECONDS); interrupting that would leave them half-closed."""
+    """A stop signal while an earlier one is being handled (see `shield`)."""
 
 
 def _stop(signum: int, frame) -> None:
-    for other in STOP_SIGNALS:
-        if signal.getsignal(other) is _stop:
-            signal.signal(other, _ignore_later)
+    shield()
     for hook in list(_before_stopping):
         hook(signum)
     raise Stopped(signum)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from digitcnn import paths
 from tests.conftest import client_for, failure_report, run_cli, runs_of
 
 EPOCHS = 2
@@ -74,6 +75,9 @@ def test_final_metrics_and_tags(finished_run):
     assert Path(tags["hydra.output_dir"]).is_relative_to(root / "outputs")
     assert "model.dropout=0.3" in tags["command"]
     assert run.info.run_name == "dataset=digits,trainer.epochs=2,model.dropout=0.3"
+    # Tagged only when this machine's conf/local/default.yaml exists and was applied.
+    local = (paths.config_dir() / "local" / "default.yaml").is_file()
+    assert ("local_config" in tags) == local
 
 
 def test_confusion_matrix_agrees_with_test_accuracy(finished_run):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import RecorderGone
-from digitcnn.stops import GRACE_SECONDS
+from digitcnn.stops import GRACE_SECONDS, shield
 from digitcnn.tracking.channel import Channel, ChannelClosed
 from digitcnn.tracking.files import write_files
 
@@ -279,6 +279,7 @@ class RemoteRecorder:
         SIGTERM, SIGHUP) is ended within GRACE_SECONDS, or left open for `resume=` (`ended`
         stays None)."""
         if isinstance(error, KeyboardInterrupt):
+            shield()
             self._process.deadline = time.monotonic() + GRACE_SECONDS
         try:
             late = self._process.settle()

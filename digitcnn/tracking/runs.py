@@ -346,7 +346,7 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
     waits for `resume=`; `TrackingUnavailable` is raised then. `recorder.ended` says how the
     run was ended (None: it could not be, and stays open for `resume=`)."""
     from digitcnn.disk import is_disk_full
-    from digitcnn.stops import GRACE_SECONDS
+    from digitcnn.stops import GRACE_SECONDS, shield
 
     status = "FAILED"
     try:
@@ -354,6 +354,7 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
             recorder.flush()
             status = "FINISHED"
         elif isinstance(error, KeyboardInterrupt):
+            shield()
             status = "KILLED"
             with contextlib.suppress(Exception):
                 recorder.flush(timeout=GRACE_SECONDS / 2)

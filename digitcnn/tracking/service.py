@@ -156,9 +156,13 @@ def serve(channel: Channel) -> None:
         try:
             result = getattr(service, name)(*args, **kwargs)
         except BaseException as exc:  # every error goes to the parent, which decides
-            channel.send(("error", _portable(exc), collected.take()))
+            answer = ("error", _portable(exc), collected.take())
         else:
-            channel.send(("ok", result, collected.take()))
+            answer = ("ok", result, collected.take())
+        try:
+            channel.send(answer)
+        except OSError:  # the parent stopped waiting (its grace ran out) or is gone
+            os._exit(0)
 
 
 def main() -> None:
