@@ -23,6 +23,7 @@ from pathlib import Path
 from digitcnn.errors import InputError
 
 LOCK_FILE = "writer.lock"
+_HELD: set[Path] = set()  # the folders this process holds: a lock is taken once per process
 
 try:
     import fcntl
@@ -48,10 +49,10 @@ def _holder(fd: int) -> str:
 def writing(folder: Path, what: str) -> Iterator[None]:
     """Hold the run in `folder` for this process within the block; `RunBusy` naming the holder
     (and `what` asked: `resume=...`) if another process holds it."""
-    if fcntl is None:
+    folder = Path(folder).resolve()
+    if fcntl is None or folder in _HELD:  # this process holds it already (a retried job)
         yield
         return
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by exec
     try:
@@ -68,6 +69,10 @@ def writing(folder: Path, what: str) -> Iterator[None]:
             os.write(fd, json.dumps(holder).encode())
         except OSError:
             pass
-        yield
+        _HELD.add(folder)
+        try:
+            yield
+        finally:
+            _HELD.discard(folder)
     finally:
         os.close(fd)  # releases the lock

@@ -27,8 +27,18 @@ class Channel:
         self._unsent = bytearray()
 
     def send(self, message: Any) -> None:
+        """Queue `message`, then send what is queued (`queue`, then `flush`)."""
+        self.queue(message)
+        self.flush()
+
+    def queue(self, message: Any) -> None:
+        """Add `message` to what is to be sent: from here on it will go out whole, with this
+        or the next send, even if a signal interrupts `flush`."""
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         self._unsent += len(payload).to_bytes(_HEADER, "big") + payload
+
+    def flush(self) -> None:
+        """Send what is queued."""
         while self._unsent:
             select.select([], [self.sock], [])  # interruptible: nothing moves while waiting
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)

@@ -101,12 +101,14 @@ class RecorderProcess:
         self._send("preflight", cfg, cfg.log_model)
 
     def _send(self, name: str, *args: Any, after: Callable[[], None] = lambda: None, **kwargs):
-        try:
-            self._channel.send((name, args, kwargs))
-        except OSError:
-            after()
-            self._gone()
+        # Queued and counted before anything is sent: a stop signal that interrupts the send
+        # leaves the message to go out with the next one, and its answer is still expected.
+        self._channel.queue((name, args, kwargs))
         self._waiting.append(after)
+        try:
+            self._channel.flush()
+        except OSError:
+            self._gone()
 
     def _read(self, wait: bool = True) -> tuple[bool, Any]:
         """Read one answer due; (False, None) if `wait` is False and none has come. Past the
