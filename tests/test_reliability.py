@@ -121,12 +121,40 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_credentials_in_the_tracking_uri_are_never_recorded(tmp_path, mlflow_server):
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9",), {}),
+        (("-m", "seed=1,2", "tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9"), {}),
+        ((), {"MLFLOW_TRACKING_URI": "http://alice:s3cr3t-pw@127.0.0.1:9"}),
+    ],
+)
+def test_a_password_in_the_tracking_uri_is_refused_before_any_file(tmp_path, args, env):
+    """Hydra writes the overrides and the config to the run's folder (mode 0644) before any
+    job runs: a password in the URI is refused first, in one line that says where it goes."""
+    proc = run_cli(tmp_path, *args, *DIGITS, env=env)
+    assert proc.returncode == 2, failure_report(proc)
+    (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert "carries a password" in line and "MLFLOW_TRACKING_PASSWORD" in line, line
+    assert "tracking.uri=http://127.0.0.1:9 " in line
+    assert "s3cr3t-pw" not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
+    assert not [p for p in written if b"s3cr3t-pw" in p.read_bytes()], written
+
+
+def test_credentials_from_the_environment_are_never_recorded(tmp_path, mlflow_server):
+    """A user name in the URI and the password in MLFLOW_TRACKING_PASSWORD: the run records
+    neither the password nor anything that would reveal it."""
     port, store, _ = mlflow_server
     secret = "s3cr3t-pw"
-    uri = f"http://alice:{secret}@127.0.0.1:{port}"
+    uri = f"http://alice@127.0.0.1:{port}"
     proc = run_cli(
-        tmp_path, *DIGITS, "trainer.epochs=1", f"tracking.uri={uri}", "tracking.experiment=creds"
+        tmp_path,
+        *DIGITS,
+        "trainer.epochs=1",
+        f"tracking.uri={uri}",
+        "tracking.experiment=creds",
+        env={"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": secret},
     )
     assert proc.returncode == 0, failure_report(proc)
     assert secret not in proc.stdout + proc.stderr
@@ -139,12 +167,10 @@ def test_credentials_in_the_tracking_uri_are_never_recorded(tmp_path, mlflow_ser
     assert run.data.params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
     assert secret not in json.dumps([run.data.params, run.data.tags])
     folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
-    for path in folder.rglob("*"):
+    for path in [*folder.rglob("*"), *tmp_path.glob("outputs/**/*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert secret.encode() not in (store / "mlflow.db").read_bytes()
-    for log in tmp_path.glob("outputs/*/*/*.log"):
-        assert secret not in log.read_text()
 
 
 @pytest.mark.parametrize(
