@@ -3,12 +3,14 @@ itself, users and permissions from MLflow's basic-auth app, its tables in the sa
 
     export MLFLOW_AUTH_ADMIN_PASSWORD=...      # the admin's password, set on first start
     export MLFLOW_FLASK_SERVER_SECRET_KEY=...  # signs the auth app's forms (CSRF)
-    python -m digitcnn.team_server --store postgresql://mlflow:PW@db:5432/mlflow \\
-        --artifacts /srv/mlflow-artifacts --host 0.0.0.0 --port 5000
+    export MLFLOW_BACKEND_STORE_URI=postgresql://mlflow:PW@db:5432/mlflow
+    python -m digitcnn.team_server --artifacts /srv/mlflow-artifacts --host 0.0.0.0 --port 5000
 
 This writes the auth app's settings (database, default permission READ, admin user name) to a
-private temporary file and runs `mlflow server --app-name basic-auth` with them; see
-docs/team.md for users, permissions, TLS and clients.
+private temporary folder, removed when the server stops, and runs `mlflow server --app-name
+basic-auth` with them in a process group of its own, which ends as a whole: on SIGTERM,
+SIGINT or SIGHUP within STOP_SECONDS, and also when this process is killed. No secret is
+on a command line. See docs/team.md for users, permissions and clients.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 REQUIRED_ENV = {
@@ -34,8 +40,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--store",
-        required=True,
-        help="database URI for runs and users, e.g. postgresql://user:pw@host/db",
+        help="database URI for runs and users, without a password (PGPASSWORD or ~/.pgpass "
+        "give it), e.g. postgresql://mlflow@db-host/mlflow; default: MLFLOW_BACKEND_STORE_URI",
     )
     parser.add_argument(
         "--artifacts",
@@ -70,10 +76,11 @@ def auth_settings(store: str, default_permission: str, admin: str = "admin") -> 
 
 
 def command(args: argparse.Namespace) -> list[str]:
+    """`mlflow server` with these settings; the store comes from MLFLOW_BACKEND_STORE_URI in
+    its environment, never from its command line (which every local user sees in `ps`)."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     return [
         mlflow, "server",
-        "--backend-store-uri", args.store,
         "--artifacts-destination", args.artifacts,
         "--serve-artifacts",
         "--app-name", "basic-auth",
@@ -83,18 +90,108 @@ def command(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _store(args: argparse.Namespace) -> str:
+    """The store URI: `--store` without a password, or MLFLOW_BACKEND_STORE_URI (the
+    environment of a process is readable by its user and root only)."""
+    store = args.store or os.environ.get("MLFLOW_BACKEND_STORE_URI")
+    if not store:
+        _fail("give the store: --store postgresql://USER@HOST/DB, or MLFLOW_BACKEND_STORE_URI")
+    if args.store and urllib.parse.urlsplit(args.store).password:
+        _fail(
+            "--store carries a password, which every local user sees in `ps`: export "
+            "MLFLOW_BACKEND_STORE_URI=... instead, or give --store without it and the password "
+            "in PGPASSWORD or ~/.pgpass (mode 0600)"
+        )
+    return store
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail now, in one line and with a non-zero status, when the address is taken: MLflow's
+    server would log the error and still exit 0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            _fail(f"--host {host} --port {port} cannot be served: {exc.strerror}")
+
+
+# Ends the server's process group once this process is gone, however it ended (SIGKILL
+# too): its standard input is a pipe whose writing end only this process holds. In a session
+# of its own, it ignores the signals meant for the server.
+_WATCHDOG = """
+import os, signal, sys, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+group, wait = int(sys.argv[1]), float(sys.argv[2])
+sys.stdin.buffer.read()
+try:
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        os.killpg(group, 0)
+    os.killpg(group, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+STOP_SECONDS = 5.0  # a stop waits this long for the server's workers, then kills them
+
+
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server in a process group of its own, watched; a stop signal ends the whole
+    group within STOP_SECONDS; returns the server's exit status (0 after such a stop)."""
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    read_end, write_end = os.pipe()
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(server.pid), str(STOP_SECONDS)],
+        stdin=read_end,
+        start_new_session=True,
+    )
+    os.close(read_end)
+    stopping = []
+
+    def stop(signum: int, frame) -> None:
+        if not stopping:
+            stopping.append(signum)
+            os.close(write_end)  # the watchdog ends the group: SIGTERM, then SIGKILL
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    code = server.wait()
+    stop(0, None)  # the server ended by itself: what it left running goes too
+    watchdog.wait()
+    if stopping[0]:  # ended by a stop signal: as asked
+        return 0
+    return code if code >= 0 else 128 - code
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
+    store = _store(args)
     missing = [f"{key} ({what})" for key, what in REQUIRED_ENV.items() if not os.environ.get(key)]
     if missing:
-        raise SystemExit(f"error: set {'; '.join(missing)}")
+        _fail(f"set {'; '.join(missing)}")
+    _check_port(args.host, args.port)
+    os.umask(0o077)  # what the server writes (served artifacts, logs) is its user's alone
     if "://" not in args.artifacts:
         Path(args.artifacts).mkdir(parents=True, exist_ok=True)
-    settings = Path(tempfile.mkdtemp(prefix="digitcnn-auth-")) / "basic_auth.ini"
-    settings.write_text(auth_settings(args.store, args.default_permission))  # folder is 0700
-    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(settings)
-    cmd = command(args)
-    os.execv(cmd[0], cmd)  # the server replaces this process: signals reach it directly
+    # The auth app's settings hold the store's URI: in a private folder, removed at the end.
+    with tempfile.TemporaryDirectory(prefix="digitcnn-auth-") as folder:
+        settings = Path(folder) / "basic_auth.ini"
+        settings.write_text(auth_settings(store, args.default_permission))
+        env = os.environ | {
+            "MLFLOW_AUTH_CONFIG_PATH": str(settings),
+            "MLFLOW_BACKEND_STORE_URI": store,
+        }
+        code = _serve(command(args), env)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

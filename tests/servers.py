@@ -84,12 +84,16 @@ def _answers(url: str) -> bool:
 
 
 class TeamServer:
-    """`python -m digitcnn.team_server` on a PostgreSQL store, as docs/team.md starts it."""
+    """`python -m digitcnn.team_server` on a PostgreSQL store, as docs/team.md starts it: the
+    store's URI in MLFLOW_BACKEND_STORE_URI, never on a command line."""
 
-    def __init__(self, store_uri: str, artifacts: Path, log_file: Path) -> None:
+    def __init__(
+        self, store_uri: str, artifacts: Path, log_file: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.store_uri, self.artifacts, self.log_file = store_uri, artifacts, log_file
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env or {}
         self.process: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
@@ -97,27 +101,24 @@ class TeamServer:
         return env | {
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-secret-key-for-tests",
+            "MLFLOW_BACKEND_STORE_URI": self.store_uri,
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            **self.extra_env,
         }
+
+    def arguments(self) -> list[str]:
+        return [
+            sys.executable, "-m", "digitcnn.team_server",
+            "--artifacts", str(self.artifacts),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--workers", "2",
+        ]  # fmt: skip
 
     def start(self, timeout: float = 120) -> None:
         with open(self.log_file, "a") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "digitcnn.team_server",
-                    "--store",
-                    self.store_uri,
-                    "--artifacts",
-                    str(self.artifacts),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    "2",
-                ],
+                self.arguments(),
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -230,3 +232,97 @@ def test_sixteen_jobs_four_at_a_time_lose_nothing(team, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(team.url)
     models = mlflow.search_logged_models([parent.info.experiment_id], output_format="list")
     assert {m.source_run_id for m in models} == {c.info.run_id for c in children}
+
+
+def _processes_showing(text: str) -> list[str]:
+    """Command lines of this machine's processes that contain `text`: what `ps -eo args`
+    shows every local user."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on `port` (connections closed lately may linger: a server
+    binds past them, as this probe does)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_team_server_keeps_its_store_off_command_lines_and_stops_as_one(team, tmp_path):
+    """The store's URI (with its password, in a team's set-up) is in no process's command
+    line; the auth settings live in a private folder removed at the stop; SIGTERM ends the
+    server and every worker within seconds, exit 0; a SIGKILL of its main process ends them
+    too; a second server on the same port fails at once with exit 2."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    server = TeamServer(
+        team.store_uri, tmp_path / "artifacts", tmp_path / "server.log", {"TMPDIR": str(temporary)}
+    )
+    server.start()
+    try:
+        assert not _processes_showing(team.store_uri)
+        (settings,) = temporary.glob("digitcnn-auth-*/basic_auth.ini")
+        assert settings.parent.stat().st_mode & 0o077 == 0  # the folder is the server's alone
+        assert settings.stat().st_mode & 0o077 == 0
+        assert (tmp_path / "artifacts").stat().st_mode & 0o077 == 0
+
+        busy = subprocess.run(
+            server.arguments(), env=server.env(), capture_output=True, text=True, timeout=60
+        )
+        assert busy.returncode == 2, busy.stderr
+        assert busy.stderr.strip() == (
+            f"error: --host 127.0.0.1 --port {server.port} cannot be served: Address already in use"
+        )
+
+        assert _processes_showing(f"--port {server.port}")
+        sent = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - sent < 10
+        assert _port_free(server.port)  # no worker left serving it
+        assert not list(temporary.iterdir())  # the settings folder is gone
+
+        server.start()  # the port is free again
+        os.kill(server.process.pid, signal.SIGKILL)  # its main process alone
+        server.process.wait()
+        deadline = time.monotonic() + 15
+        while not _port_free(server.port):
+            assert time.monotonic() < deadline, "the server's workers outlived its main process"
+            time.sleep(0.2)
+    finally:
+        server.stop()
+
+
+def test_a_password_on_the_team_servers_command_line_is_refused(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.team_server",
+            "--store",
+            "postgresql://mlflow:db-secret@127.0.0.1:9/mlflow",
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+        ],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --store carries a password, which every local user")
+    assert "MLFLOW_BACKEND_STORE_URI" in proc.stderr and "db-secret" not in proc.stderr
+    assert not (tmp_path / "artifacts").exists()
