@@ -48,7 +48,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         required=True,
         help="where the server keeps artifacts: a folder, s3://, gs://, ...",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    parser.add_argument(
+        "--allowed-hosts",
+        default="",
+        help="comma-separated names clients reach the server by (mlflow-host, "
+        "mlflow.example.org); this machine's own names, localhost and private addresses are "
+        "always allowed. MLflow refuses any other Host header (DNS rebinding).",
+    )
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
@@ -88,6 +95,17 @@ def command(args: argparse.Namespace) -> list[str]:
         "--port", str(args.port),
         "--workers", str(args.workers),
     ]  # fmt: skip
+
+
+def allowed_hosts(names: str) -> list[str]:
+    """The Host headers the server answers: MLflow's defaults (localhost, private addresses),
+    this machine's names and `names`, each with any port."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    own = {socket.gethostname(), socket.getfqdn()}
+    given = {n.strip() for n in names.split(",") if n.strip()}
+    extra = sorted(own | given)
+    return [*get_default_allowed_hosts(), *extra, *(f"{name}:*" for name in extra)]
 
 
 def _fail(message: str) -> None:
@@ -189,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         env = os.environ | {
             "MLFLOW_AUTH_CONFIG_PATH": str(settings),
             "MLFLOW_BACKEND_STORE_URI": store,
+            "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(allowed_hosts(args.allowed_hosts)),
         }
         code = _serve(command(args), env)
     sys.exit(code)

@@ -88,11 +88,16 @@ class TeamServer:
     store's URI in MLFLOW_BACKEND_STORE_URI, never on a command line."""
 
     def __init__(
-        self, store_uri: str, artifacts: Path, log_file: Path, env: dict[str, str] | None = None
+        self,
+        store_uri: str,
+        artifacts: Path,
+        log_file: Path,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.store_uri, self.artifacts, self.log_file = store_uri, artifacts, log_file
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host, self.port = host, free_port()
+        self.url = f"http://{host}:{self.port}"
         self.extra_env = env or {}
         self.process: subprocess.Popen | None = None
 
@@ -110,7 +115,7 @@ class TeamServer:
         return [
             sys.executable, "-m", "digitcnn.team_server",
             "--artifacts", str(self.artifacts),
-            "--host", "127.0.0.1",
+            "--host", self.host,
             "--port", str(self.port),
             "--workers", "2",
         ]  # fmt: skip

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -326,3 +328,45 @@ def test_a_password_on_the_team_servers_command_line_is_refused(tmp_path):
     assert proc.stderr.startswith("error: --store carries a password, which every local user")
     assert "MLFLOW_BACKEND_STORE_URI" in proc.stderr and "db-secret" not in proc.stderr
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_the_team_server_answers_to_its_names_and_says_when_it_does_not(team, tmp_path):
+    """MLflow refuses a Host header it was not told about (DNS rebinding): the team server
+    answers to this machine's names, and a client that reaches it by another name is told so
+    in one line, not that its user may not write."""
+    name = socket.gethostname()
+    if not socket.gethostbyname(name).startswith("127."):
+        pytest.skip(f"{name} does not resolve to this machine's loopback")
+    by_name = f"http://{name}:{team.port}"
+    proc = run_cli(
+        tmp_path / "by-name",
+        *SHORT,
+        f"tracking.uri={by_name}",
+        "tracking.experiment=by-name",
+        env=as_user(ALICE, ALICE_PASSWORD),
+    )
+    assert proc.returncode == 0, failure_report(proc)
+
+    other = urllib.request.Request(f"{team.url}/api/2.0/mlflow/experiments/search?max_results=1")
+    other.add_header("Host", f"not-its-name.example:{team.port}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(other, timeout=30)
+    assert refused.value.code == 403  # the protection stays for names nobody gave it
+
+    server = TeamServer(
+        team.store_uri, tmp_path / "artifacts", tmp_path / "server.log", host="127.0.0.2"
+    )
+    server.start()
+    try:
+        proc = run_cli(
+            tmp_path / "unknown-name",
+            *SHORT,
+            f"tracking.uri={server.url}",
+            env=as_user(ALICE, ALICE_PASSWORD),
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 2, failure_report(proc)
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "the server does not answer to this name (403 Invalid Host header)" in line, line
+    assert "may not write" not in line

@@ -70,9 +70,15 @@ class Store(NamedTuple):
 
 def refusal(exc: Exception, experiment: str) -> str | None:
     """What a tracking server's refusal means for the user, in one line; None when `exc` is
-    not a refusal (401: who you are, 403: what you may do)."""
+    not a refusal (401: who you are; 403: what you may do, or a name the server does not
+    answer to)."""
     code = getattr(exc, "error_code", None)
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if "Invalid Host header" in str(exc):  # MLflow's server: not a name it was told it has
+        return (
+            "the server does not answer to this name (403 Invalid Host header); start it "
+            "with --allowed-hosts NAME (MLFLOW_SERVER_ALLOWED_HOSTS), or use a name it has"
+        )
     if code == "UNAUTHENTICATED":
         if not user:
             return "the server wants a user: set MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD"
