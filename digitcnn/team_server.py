@@ -108,6 +108,25 @@ def allowed_hosts(names: str) -> list[str]:
     return [*get_default_allowed_hosts(), *extra, *(f"{name}:*" for name in extra)]
 
 
+def _stale_admin_password(store: str, admin: str = "admin") -> None:
+    """Say so when MLFLOW_AUTH_ADMIN_PASSWORD is not the admin's password in an existing user
+    store: MLflow uses the variable only when it creates the store, and would ignore a new
+    value in silence."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    users = SqlAlchemyStore()
+    users.init_db(store)  # what the server does first: creates the user tables if missing
+    password = os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    if users.has_user(admin) and not users.authenticate_user(admin, password):
+        print(
+            "warning: MLFLOW_AUTH_ADMIN_PASSWORD is not the admin's password in this store, "
+            "and MLflow sets it only when it creates the store: the admin keeps the old one "
+            "(change it as the admin with the auth client's update_user_password)",
+            file=sys.stderr,
+        )
+    users.engine.dispose()
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -197,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         _fail(f"set {'; '.join(missing)}")
     _check_port(args.host, args.port)
+    _stale_admin_password(store)
     os.umask(0o077)  # what the server writes (served artifacts, logs) is its user's alone
     if "://" not in args.artifacts:
         Path(args.artifacts).mkdir(parents=True, exist_ok=True)

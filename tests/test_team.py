@@ -267,7 +267,8 @@ def test_the_team_server_keeps_its_store_off_command_lines_and_stops_as_one(team
     """The store's URI (with its password, in a team's set-up) is in no process's command
     line; the auth settings live in a private folder removed at the stop; SIGTERM ends the
     server and every worker within seconds, exit 0; a SIGKILL of its main process ends them
-    too; a second server on the same port fails at once with exit 2."""
+    too; a second server on the same port fails at once with exit 2; a new admin password
+    that MLflow would ignore is said so."""
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     server = TeamServer(
@@ -295,9 +296,22 @@ def test_the_team_server_keeps_its_store_off_command_lines_and_stops_as_one(team
         assert server.process.wait(timeout=30) == 0
         assert time.monotonic() - sent < 10
         assert _port_free(server.port)  # no worker left serving it
-        assert not list(temporary.iterdir())  # the settings folder is gone
+        assert not list(temporary.glob("digitcnn-auth-*"))  # the settings folder is gone
 
+        assert "warning: MLFLOW_AUTH" not in (tmp_path / "server.log").read_text()
+        # A new admin password on a later start is ignored by MLflow: said in one line.
+        server.extra_env["MLFLOW_AUTH_ADMIN_PASSWORD"] = "a-new-admin-password"
         server.start()  # the port is free again
+        warnings = [
+            line
+            for line in (tmp_path / "server.log").read_text().splitlines()
+            if line.startswith("warning:")
+        ]
+        assert warnings == [
+            "warning: MLFLOW_AUTH_ADMIN_PASSWORD is not the admin's password in this store, "
+            "and MLflow sets it only when it creates the store: the admin keeps the old one "
+            "(change it as the admin with the auth client's update_user_password)"
+        ]
         os.kill(server.process.pid, signal.SIGKILL)  # its main process alone
         server.process.wait()
         deadline = time.monotonic() + 15
