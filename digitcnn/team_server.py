@@ -59,6 +59,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
+        "--certfile",
+        help="serve HTTPS with this certificate (PEM; a chain, or self-signed: clients then "
+        "set MLFLOW_TRACKING_SERVER_CERT_PATH to it)",
+    )
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM, mode 0600)")
+    parser.add_argument(
         "--default-permission",
         default="READ",
         choices=["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"],
@@ -86,6 +92,9 @@ def command(args: argparse.Namespace) -> list[str]:
     """`mlflow server` with these settings; the store comes from MLFLOW_BACKEND_STORE_URI in
     its environment, never from its command line (which every local user sees in `ps`)."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    tls = []
+    if args.certfile:
+        tls = ["--uvicorn-opts", f"--ssl-certfile {args.certfile} --ssl-keyfile {args.keyfile}"]
     return [
         mlflow, "server",
         "--artifacts-destination", args.artifacts,
@@ -94,7 +103,38 @@ def command(args: argparse.Namespace) -> list[str]:
         "--host", args.host,
         "--port", str(args.port),
         "--workers", str(args.workers),
+        *tls,
     ]  # fmt: skip
+
+
+def _check_tls(args: argparse.Namespace) -> None:
+    """HTTPS needs both files and a private key; plain HTTP beyond loopback is said aloud:
+    basic auth sends the user's password with every request."""
+    if bool(args.certfile) != bool(args.keyfile):
+        _fail("--certfile and --keyfile go together")
+    if args.keyfile:
+        for name in (args.certfile, args.keyfile):
+            if not Path(name).is_file():
+                _fail(f"{name} does not exist")
+        if Path(args.keyfile).stat().st_mode & 0o077:
+            _fail(f"--keyfile {args.keyfile} is readable by other users: chmod 600 it")
+    elif not ipaddress_is_loopback(args.host):
+        print(
+            f"warning: serving plain HTTP on {args.host}: passwords cross the network in clear "
+            "text; give --certfile and --keyfile, or put a TLS proxy in front",
+            file=sys.stderr,
+        )
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def allowed_hosts(names: str) -> list[str]:
@@ -215,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [f"{key} ({what})" for key, what in REQUIRED_ENV.items() if not os.environ.get(key)]
     if missing:
         _fail(f"set {'; '.join(missing)}")
+    _check_tls(args)
     _check_port(args.host, args.port)
     _stale_admin_password(store)
     os.umask(0o077)  # what the server writes (served artifacts, logs) is its user's alone

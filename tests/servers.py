@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -75,9 +76,9 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, cafile: str | None = None) -> bool:
     try:
-        urllib.request.urlopen(url, timeout=2).close()
+        urllib.request.urlopen(url, timeout=2, context=ssl.create_default_context(cafile=cafile))
         return True
     except OSError:
         return False
@@ -94,10 +95,11 @@ class TeamServer:
         log_file: Path,
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.store_uri, self.artifacts, self.log_file = store_uri, artifacts, log_file
-        self.host, self.port = host, free_port()
-        self.url = f"http://{host}:{self.port}"
+        self.host, self.port, self.tls = host, free_port(), tls
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self.extra_env = env or {}
         self.process: subprocess.Popen | None = None
 
@@ -118,6 +120,7 @@ class TeamServer:
             "--host", self.host,
             "--port", str(self.port),
             "--workers", "2",
+            *(["--certfile", str(self.tls[0]), "--keyfile", str(self.tls[1])] if self.tls else []),
         ]  # fmt: skip
 
     def start(self, timeout: float = 120) -> None:
@@ -130,7 +133,8 @@ class TeamServer:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not _answers(f"{self.url}/health"):
+        cafile = str(self.tls[0]) if self.tls else None
+        while not _answers(f"{self.url}/health", cafile):
             assert self.process.poll() is None, self.log_file.read_text()[-3000:]
             assert time.monotonic() < deadline, f"{self.url} did not answer"
             time.sleep(0.3)

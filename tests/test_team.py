@@ -3,6 +3,7 @@ served by the server. Users, permissions and the server are real; nothing is moc
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -384,3 +385,91 @@ def test_the_team_server_answers_to_its_names_and_says_when_it_does_not(team, tm
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert "the server does not answer to this name (403 Invalid Host header)" in line, line
     assert "may not write" not in line
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, signed by itself, and its key (mode 0600)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "digitcnn test server")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert, private = folder / "server.pem", folder / "server.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    return cert, private
+
+
+def test_the_team_server_serves_https_to_a_client_that_trusts_its_certificate(team, tmp_path):
+    """HTTPS with a self-signed certificate: a run whose client is given the certificate
+    (MLFLOW_TRACKING_SERVER_CERT_PATH) is recorded; one without it is told in one line that
+    the certificate is not trusted; a key readable by others is refused."""
+    cert, key = self_signed(tmp_path)
+    key.chmod(0o644)
+    refused = subprocess.run(
+        [sys.executable, "-m", "digitcnn.team_server", "--artifacts", str(tmp_path / "a"),
+         "--certfile", str(cert), "--keyfile", str(key)],
+        env=TeamServer(team.store_uri, tmp_path / "a", tmp_path / "log").env(),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "is readable by other users: chmod 600" in refused.stderr
+    key.chmod(0o600)
+    # Plain HTTP beyond loopback is said aloud (here on a port in use: nothing starts).
+    plain = subprocess.run(
+        [sys.executable, "-m", "digitcnn.team_server", "--artifacts", str(tmp_path / "a"),
+         "--host", "0.0.0.0", "--port", str(team.port)],
+        env=TeamServer(team.store_uri, tmp_path / "a", tmp_path / "log").env(),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert plain.stderr.startswith(
+        "warning: serving plain HTTP on 0.0.0.0: passwords cross the network in clear text"
+    ), plain.stderr
+    assert plain.returncode == 2
+
+    server = TeamServer(
+        team.store_uri, tmp_path / "artifacts", tmp_path / "server.log", tls=(cert, key)
+    )
+    server.start()
+    try:
+        untrusted = run_cli(
+            tmp_path / "untrusted", *SHORT, f"tracking.uri={server.url}",
+            env=as_user(ALICE, ALICE_PASSWORD),
+        )  # fmt: skip
+        trusted = run_cli(
+            tmp_path / "trusted", *SHORT, f"tracking.uri={server.url}",
+            "tracking.experiment=over-https",
+            env=as_user(ALICE, ALICE_PASSWORD) | {"MLFLOW_TRACKING_SERVER_CERT_PATH": str(cert)},
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert untrusted.returncode == 2, failure_report(untrusted)
+    (line,) = [ln for ln in untrusted.stderr.splitlines() if ln.startswith("error:")]
+    assert "the server's certificate is not trusted" in line, line
+    assert "MLFLOW_TRACKING_SERVER_CERT_PATH" in line
+    assert trusted.returncode == 0, failure_report(trusted)
+    assert "over-https" in trusted.stderr + trusted.stdout

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -183,6 +184,17 @@ def client_for(cfg: TrackingConfig) -> Store:
     return Store(client, cfg.experiment, experiment.experiment_id, experiment.artifact_location)
 
 
+def _tls() -> ssl.SSLContext:
+    """The TLS settings MLflow's client uses: a server's own certificate (self-signed, or a
+    private CA's) from MLFLOW_TRACKING_SERVER_CERT_PATH, no check with
+    MLFLOW_TRACKING_INSECURE_TLS=true."""
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def preflight(cfg: TrackingConfig) -> Store:
     """Open the store, failing early with the key named when it cannot be reached or its
     artifact folder cannot be written: before data is loaded and before any run exists."""
@@ -191,8 +203,14 @@ def preflight(cfg: TrackingConfig) -> Store:
         try:
             parts = urllib.parse.urlsplit(cfg.uri)  # /health needs no credentials
             health = parts._replace(netloc=parts.netloc.rpartition("@")[2], path="/health")
-            urllib.request.urlopen(health.geturl(), timeout=5).close()
+            urllib.request.urlopen(health.geturl(), timeout=5, context=_tls()).close()
         except (OSError, ValueError) as exc:
+            if isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError):
+                raise InputError(
+                    f"tracking.uri={shown!r}: the server's certificate is not trusted "
+                    f"({exc.reason.verify_message}): set MLFLOW_TRACKING_SERVER_CERT_PATH to "
+                    "its certificate, or its CA's"
+                ) from None
             raise InputError(
                 f"tracking.uri={shown!r} is not reachable ({redact(str(exc))}); start the "
                 "MLflow server or fix the address"
