@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import cli_env, client_for, failure_report, run_cli
+from tests.conftest import cli_env, client_for, failure_report, run_cli, start_cli
 
 QUICK = ("experiment=quick", "dataset.val_size=180")
 
@@ -215,15 +215,7 @@ def test_a_stopped_sweep_ends_killed_and_resumes(tmp_path, signum, launcher):
     and every running job end KILLED with their epochs recorded, one line says how to resume,
     the exit status is 128 + the signal; the printed command finishes the sweep."""
     sweep = [*QUICK, "trainer.batch_size=2", "trainer.epochs=3", "seed=1,2", *launcher]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "digitcnn.run", "-m", *sweep],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_cli(tmp_path, "-m", *sweep, own_group=True)
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("multirun/*/*/*/checkpoint/state.json")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()

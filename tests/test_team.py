@@ -53,6 +53,13 @@ def as_user(user: str, password: str) -> dict[str, str]:
     return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
 
 
+def alice_runs(root: Path, url: str, *args: str, env: dict[str, str] | None = None):
+    """A short run by alice, from a machine whose project root is `root`, into `url`."""
+    return run_cli(
+        root, *SHORT, f"tracking.uri={url}", *args, env=as_user(ALICE, ALICE_PASSWORD) | (env or {})
+    )
+
+
 def client(team: TeamServer, user: str, password: str, monkeypatch) -> MlflowClient:
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
@@ -66,13 +73,7 @@ def runs_in(team: TeamServer, experiment: str, monkeypatch) -> list:
 
 
 def test_a_run_on_the_team_server_keeps_its_artifacts_there(team, tmp_path, monkeypatch):
-    proc = run_cli(
-        tmp_path / "alice-laptop",
-        *SHORT,
-        f"tracking.uri={team.url}",
-        "tracking.experiment=alice-digits",
-        env=as_user(ALICE, ALICE_PASSWORD),
-    )
+    proc = alice_runs(tmp_path / "alice-laptop", team.url, "tracking.experiment=alice-digits")
     assert proc.returncode == 0, failure_report(proc)
     shutil.rmtree(tmp_path / "alice-laptop")  # the launching machine's folder is gone
 
@@ -353,13 +354,7 @@ def test_the_team_server_answers_to_its_names_and_says_when_it_does_not(team, tm
     if not socket.gethostbyname(name).startswith("127."):
         pytest.skip(f"{name} does not resolve to this machine's loopback")
     by_name = f"http://{name}:{team.port}"
-    proc = run_cli(
-        tmp_path / "by-name",
-        *SHORT,
-        f"tracking.uri={by_name}",
-        "tracking.experiment=by-name",
-        env=as_user(ALICE, ALICE_PASSWORD),
-    )
+    proc = alice_runs(tmp_path / "by-name", by_name, "tracking.experiment=by-name")
     assert proc.returncode == 0, failure_report(proc)
 
     other = urllib.request.Request(f"{team.url}/api/2.0/mlflow/experiments/search?max_results=1")
@@ -373,12 +368,7 @@ def test_the_team_server_answers_to_its_names_and_says_when_it_does_not(team, tm
     )
     server.start()
     try:
-        proc = run_cli(
-            tmp_path / "unknown-name",
-            *SHORT,
-            f"tracking.uri={server.url}",
-            env=as_user(ALICE, ALICE_PASSWORD),
-        )
+        proc = alice_runs(tmp_path / "unknown-name", server.url)
     finally:
         server.stop()
     assert proc.returncode == 2, failure_report(proc)
@@ -456,15 +446,13 @@ def test_the_team_server_serves_https_to_a_client_that_trusts_its_certificate(te
     )
     server.start()
     try:
-        untrusted = run_cli(
-            tmp_path / "untrusted", *SHORT, f"tracking.uri={server.url}",
-            env=as_user(ALICE, ALICE_PASSWORD),
-        )  # fmt: skip
-        trusted = run_cli(
-            tmp_path / "trusted", *SHORT, f"tracking.uri={server.url}",
+        untrusted = alice_runs(tmp_path / "untrusted", server.url)
+        trusted = alice_runs(
+            tmp_path / "trusted",
+            server.url,
             "tracking.experiment=over-https",
-            env=as_user(ALICE, ALICE_PASSWORD) | {"MLFLOW_TRACKING_SERVER_CERT_PATH": str(cert)},
-        )  # fmt: skip
+            env={"MLFLOW_TRACKING_SERVER_CERT_PATH": str(cert)},
+        )
     finally:
         server.stop()
     assert untrusted.returncode == 2, failure_report(untrusted)
