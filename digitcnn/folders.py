@@ -34,25 +34,39 @@ def check_writable(folder: Path, key: str, config: DictConfig) -> None:
         sys.exit(2)  # Hydra would turn an exception here into a warning
 
 
-def check_no_password(config: DictConfig) -> None:
-    """Exit 2 with one line if the tracking URI (an override, a recipe, or
-    MLFLOW_TRACKING_URI) carries a password: it would be written to the run's folder, shown in
-    process lists and shell histories. The password belongs in the environment."""
-    uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
+def _password_in(value: str) -> urllib.parse.SplitResult | None:
+    """The URL `value`, if it carries a password (`scheme://user:password@host`)."""
     try:
-        parts = urllib.parse.urlsplit(uri)
-        password = parts.password
+        parts = urllib.parse.urlsplit(value)
+        return parts if "://" in value and parts.password else None
     except ValueError:  # not a URL: nothing to hide in it
-        return
-    if password:
-        origin = (
-            " (from MLFLOW_TRACKING_URI)" if os.environ.get("MLFLOW_TRACKING_URI") == uri else ""
-        )
+        return None
+
+
+def check_no_password(config: DictConfig) -> None:
+    """Exit 2 with one line if an override (`tracking.uri=...`, `hydra.sweeper.storage=...`)
+    or the tracking URI from MLFLOW_TRACKING_URI carries a password: Hydra writes the
+    overrides and the config into the run's folder, readable by every local user, and a
+    command line shows in process lists and shell histories. Passwords belong in the
+    environment: MLFLOW_TRACKING_PASSWORD for MLflow, PGPASSWORD or ~/.pgpass for a database."""
+    overrides = [*config.hydra.overrides.task, *config.hydra.overrides.hydra]
+    given = [o.partition("=") for o in overrides]
+    uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+        given.append(("tracking.uri (from MLFLOW_TRACKING_URI)", "=", uri))
+    for key, _, value in given:
+        parts = _password_in(value)
+        if parts is None:
+            continue
         bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        where = (
+            "the user and password in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            if key.startswith("tracking.uri")
+            else "the password in the environment (PGPASSWORD or ~/.pgpass for PostgreSQL)"
+        )
         print(
-            f"error: tracking.uri{origin} carries a password, which would be written to the "
-            f"run's files: give tracking.uri={bare} and the user and password in "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+            f"error: {key.lstrip('+~')} carries a password, which would be written to the "
+            f"run's files: give {key.split(' ')[0].lstrip('+~')}={bare} and {where}",
             file=sys.stderr,
         )
         sys.exit(2)

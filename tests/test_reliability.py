@@ -127,6 +127,14 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
         (("tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9",), {}),
         (("-m", "seed=1,2", "tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9"), {}),
         ((), {"MLFLOW_TRACKING_URI": "http://alice:s3cr3t-pw@127.0.0.1:9"}),
+        (
+            (
+                "-m",
+                "hparams_search=optuna",
+                "hydra.sweeper.storage=postgresql://optuna:s3cr3t-pw@127.0.0.1:9/optuna",
+            ),
+            {},
+        ),
     ],
 )
 def test_a_password_in_the_tracking_uri_is_refused_before_any_file(tmp_path, args, env):
@@ -135,8 +143,11 @@ def test_a_password_in_the_tracking_uri_is_refused_before_any_file(tmp_path, arg
     proc = run_cli(tmp_path, *args, *DIGITS, env=env)
     assert proc.returncode == 2, failure_report(proc)
     (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
-    assert "carries a password" in line and "MLFLOW_TRACKING_PASSWORD" in line, line
-    assert "tracking.uri=http://127.0.0.1:9 " in line
+    assert "carries a password" in line, line
+    if "hydra.sweeper.storage" in line:
+        assert "hydra.sweeper.storage=postgresql://127.0.0.1:9/optuna and the password" in line
+    else:
+        assert "tracking.uri=http://127.0.0.1:9 and" in line and "MLFLOW_TRACKING_PASSWORD" in line
     assert "s3cr3t-pw" not in proc.stdout + proc.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
     assert not [p for p in written if b"s3cr3t-pw" in p.read_bytes()], written
