@@ -50,23 +50,26 @@ def check_no_password(config: DictConfig) -> None:
     command line shows in process lists and shell histories. Passwords belong in the
     environment: MLFLOW_TRACKING_PASSWORD for MLflow, PGPASSWORD or ~/.pgpass for a database."""
     overrides = [*config.hydra.overrides.task, *config.hydra.overrides.hydra]
-    given = [o.partition("=") for o in overrides]
+    given = []  # (key, where its value came from, value)
+    for override in overrides:
+        key, _, value = override.partition("=")
+        given.append((key.lstrip("+~"), "", value))
     uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
     if os.environ.get("MLFLOW_TRACKING_URI") == uri:
-        given.append(("tracking.uri (from MLFLOW_TRACKING_URI)", "=", uri))
-    for key, _, value in given:
+        given.append(("tracking.uri", " (from MLFLOW_TRACKING_URI)", uri))
+    for key, origin, value in given:
         parts = _password_in(value)
         if parts is None:
             continue
         bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         where = (
             "the user and password in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-            if key.startswith("tracking.uri")
+            if key == "tracking.uri"
             else "the password in the environment (PGPASSWORD or ~/.pgpass for PostgreSQL)"
         )
         print(
-            f"error: {key.lstrip('+~')} carries a password, which would be written to the "
-            f"run's files: give {key.split(' ')[0].lstrip('+~')}={bare} and {where}",
+            f"error: {key}{origin} carries a password, which would be written to the run's "
+            f"files: give {key}={bare} and {where}",
             file=sys.stderr,
         )
         sys.exit(2)

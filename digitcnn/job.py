@@ -281,9 +281,11 @@ def _store_folders(typed: Config) -> list[Path]:
     the artifacts', the temporary folder (files handed to the recorder)."""
     import tempfile
 
+    from digitcnn.tracking.describe import sqlite_path
+
     folders = [Path(tempfile.gettempdir())]
-    if typed.tracking.uri.startswith("sqlite:///"):
-        folders.append(Path(typed.tracking.uri.removeprefix("sqlite:///")).parent)
+    if db := sqlite_path(typed.tracking.uri):
+        folders.append(db.parent)
     location = typed.tracking.artifact_location
     if location and "://" not in location:
         folders.append(Path(location))

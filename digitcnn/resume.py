@@ -125,9 +125,10 @@ def continue_attempt(run, held: ExitStack) -> JobSource | None:
     from digitcnn.checkpoint import read_checkpoint
 
     folder = Path(run.data.tags.get("hydra.output_dir", "/nonexistent"))
-    if folder.is_dir():
-        held.enter_context(writing(folder, f"job {run.info.run_id}"))
-    checkpoint = read_checkpoint(folder) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    held.enter_context(writing(folder, f"job {run.info.run_id}"))
+    checkpoint = read_checkpoint(folder)
     if checkpoint is None or checkpoint.run_id != run.info.run_id:
         return None
     if not (folder / RESOLVED_CONFIG).is_file():

@@ -16,6 +16,7 @@ on a command line. See docs/team.md for users, permissions and clients.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shutil
 import signal
@@ -118,7 +119,7 @@ def _check_tls(args: argparse.Namespace) -> None:
                 _fail(f"{name} does not exist")
         if Path(args.keyfile).stat().st_mode & 0o077:
             _fail(f"--keyfile {args.keyfile} is readable by other users: chmod 600 it")
-    elif not ipaddress_is_loopback(args.host):
+    elif not _is_loopback(args.host):
         print(
             f"warning: serving plain HTTP on {args.host}: passwords cross the network in clear "
             "text; give --certfile and --keyfile, or put a TLS proxy in front",
@@ -126,9 +127,7 @@ def _check_tls(args: argparse.Namespace) -> None:
         )
 
 
-def ipaddress_is_loopback(host: str) -> bool:
-    import ipaddress
-
+def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -23,6 +23,11 @@ def redact(uri: str) -> str:
     return _CREDENTIALS.sub("***@", uri)
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store URI, or None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"model.dropout": "0.25", ...}; lists stay whole, as `[32, 64]`."""
     flat: dict[str, str] = {}

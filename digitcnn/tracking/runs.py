@@ -142,19 +142,18 @@ class Recorder:
             finally:
                 self._epochs.task_done()
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued epoch is written (at most `timeout` seconds; whether they
-        were); raise if the server stayed away."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued epoch is written (at most `timeout` seconds); raise if the
+        server stayed away."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._epochs.all_tasks_done:
             while self._epochs.unfinished_tasks:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    return False
+                    return
                 self._epochs.all_tasks_done.wait(left)
         if self.unavailable is not None:
             raise self.unavailable
-        return True
 
     def log_missing_epochs(self, history: Mapping[str, list[float]]) -> None:
         """Record the epochs of `history` (a checkpoint's) that the run lacks: those whose
@@ -349,6 +348,7 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
     from digitcnn.stops import GRACE_SECONDS, shield
 
     status = "FAILED"
+    disk_full = is_disk_full(error)
     try:
         if error is None:
             recorder.flush()
@@ -359,14 +359,14 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
             with contextlib.suppress(Exception):
                 recorder.flush(timeout=GRACE_SECONDS / 2)
                 recorder.log_tags({"stopped_by": str(error) or "SIGINT"})
-        elif is_disk_full(error):
+        elif disk_full:
             with contextlib.suppress(Exception):
                 recorder.log_tags({"stopped_by": "disk full"})
         elif not isinstance(error, TrackingUnavailable):
             with contextlib.suppress(TrackingUnavailable):
                 recorder.log_files({"traceback.txt": trace})
     finally:
-        if recorder.unavailable is None and not is_disk_full(error):
+        if recorder.unavailable is None and not disk_full:
             with recorder._timed("end_run"):
                 mlflow.end_run(status)
             recorder.ended = status

@@ -24,7 +24,7 @@ from digitcnn import paths
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import InputError
 from digitcnn.runtime import mlflow_defaults
-from digitcnn.tracking.describe import redact
+from digitcnn.tracking.describe import redact, sqlite_path
 
 mlflow_defaults()  # before MLflow reads its settings: no bars, no URL, short retries
 
@@ -54,10 +54,6 @@ def import_store_modules(uri: str) -> None:
     and maps its tables on first use (~0.5 s), import time better counted as such."""
     if urllib.parse.urlsplit(uri).scheme.split("+")[0] in DATABASE_SCHEMES:
         import_module("mlflow.store.tracking.sqlalchemy_store")
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 class Store(NamedTuple):
@@ -101,7 +97,7 @@ def _store_creation(uri: str) -> Iterator[None]:
     its tables when the first client on a new file is made, and runs started side by side on
     a new store would otherwise each try ("table ... already exists")."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None:
         yield
         return
@@ -117,7 +113,7 @@ _READ_ONLY = ("readonly database", "read-only", "unable to open database file", 
 def damage(exc: BaseException, uri: str) -> str | None:
     """What is wrong with a SQLite store's file, in one line with what to do; None when
     `exc` says nothing of the file (a refusal, a server's error)."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     message = str(exc).lower()
     if db is None:
         return None
@@ -157,7 +153,7 @@ def _check_writable(uri: str) -> None:
     """Write to a SQLite store's file once, changing nothing (its `user_version` set to what
     it is): a file that can be read but not written (immutable, on a read-only mount, or
     denied to this user) fails here, before any run exists, not when the run opens."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None or not db.is_file():
         return
     with _usable(uri), contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
