@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from digitcnn import stops
 from digitcnn.disk import write_text_whole, written_whole
 
 FOLDER = "checkpoint"
@@ -61,7 +62,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         model_file = self.folder / f"epoch-{epoch + 1:03d}.keras"
-        with written_whole(model_file) as partial:
+        with written_whole(model_file) as partial, stops.held():  # see stops.held
             self.model.save(partial)
         state = {
             "epoch": epoch + 1,

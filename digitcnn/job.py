@@ -161,7 +161,8 @@ def _job(cfg, typed, source, recording, parent_run_id, timings, job_started, hel
     write_text_whole(output_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     if checkpoint:
         checkpoint.restore_rng()
-        model = keras.saving.load_model(checkpoint.model_file)  # weights and optimizer state
+        with stops.held():  # HDF5 reads through Python: see stops.held
+            model = keras.saving.load_model(checkpoint.model_file)  # weights, optimizer state
         log.info("resuming run %s after epoch %d", checkpoint.run_id, checkpoint.epoch)
     else:
         model = _built(typed, data)

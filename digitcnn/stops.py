@@ -18,13 +18,16 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_SECONDS = 15.0  # the most a stopped process spends closing its records
 
 _before_stopping: list[Callable[[int], None]] = []
 _closers: list[Callable[[Stopped], None]] = []
+_received: list[int] = []  # the stop signal this process got, if any
+_held = 0  # how many `held()` blocks the main thread is in
+_installed = [False]
 
 
 class Stopped(KeyboardInterrupt):
@@ -74,10 +77,17 @@ def install() -> None:
     runs signal handlers there)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _installed[0] = True
     for signum in STOP_SIGNALS:
         current = signal.getsignal(signum)
         if current is not signal.SIG_IGN and current is not _ignore_later:
             signal.signal(signum, _stop)
+
+
+def installed() -> bool:
+    """Whether `install` ran in this process (its stop signals then raise `Stopped`, or stay
+    ignored if they were)."""
+    return _installed[0]
 
 
 def before_stopping(hook: Callable[[int], None]) -> Callable[[], None]:
@@ -106,15 +116,47 @@ def close(exc: KeyboardInterrupt) -> Stopped:
     return stopped
 
 
+def requested() -> Stopped | None:
+    """The stop this process was asked for, if any: also one whose `Stopped` was raised where
+    Python drops exceptions (a finalizer, `__del__`), which a loop checks for between its
+    steps (training does after each epoch)."""
+    return Stopped(_received[0]) if _received else None
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Hold a stop that arrives during the block, and raise it when the block ends.
+
+    For work an exception must not cut in the middle: a native library calling back into
+    Python, above all HDF5 writing or reading a Keras file through a Python file object (Keras
+    keeps the weights in a zip entry), whose state an exception raised in its callback breaks:
+    a later write fails with EBADF, or the process aborts on a corrupted heap. Such blocks last
+    well under a second."""
+    global _held
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = len(_received)
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and len(_received) > before:  # the stop wins over the block's error
+            raise Stopped(_received[-1])
+
+
 def _ignore_later(signum: int, frame) -> None:
     """A stop signal while an earlier one is being handled (see `shield`)."""
 
 
 def _stop(signum: int, frame) -> None:
     shield()
+    _received.append(signum)
     for hook in list(_before_stopping):
         hook(signum)
-    raise Stopped(signum)
+    if not _held:
+        raise Stopped(signum)
 
 
 def descendants(pid: int | None = None) -> list[int]:

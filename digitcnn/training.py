@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from digitcnn import stops
 from digitcnn.backends import resolved_jit
 from digitcnn.batching import training_batches
 from digitcnn.batchnorm import RecalibratedValidation
@@ -147,13 +148,14 @@ def _eta(seconds: float) -> str:
 
 
 class StopOnInterrupt(keras.callbacks.Callback):
-    """Makes one Ctrl-C stop training for sure.
+    """Makes one stop signal stop training for sure.
 
-    Python raises KeyboardInterrupt wherever the main thread is; when that is a finalizer
-    (TensorFlow frees tensors and iterators in `__del__`), the exception is printed and
-    dropped, and training would go on. While `watching()`, SIGINT also sets a flag that this
-    callback turns into KeyboardInterrupt at the end of the epoch. (No per-batch hook: one
-    would make Keras copy every batch's metrics to Python, synchronously.)
+    A stop raises its exception wherever the main thread is; when that is a finalizer
+    (TensorFlow frees tensors and iterators in `__del__`), Python prints and drops it, and
+    training would go on. This callback raises the stop that was asked for (digitcnn.stops)
+    at the end of the epoch; a process without digitcnn's handlers gets the same for Ctrl-C
+    while `watching()`. (No per-batch hook: one would make Keras copy every batch's metrics to
+    Python, synchronously.)
     """
 
     def __init__(self) -> None:
@@ -162,8 +164,8 @@ class StopOnInterrupt(keras.callbacks.Callback):
 
     @contextmanager
     def watching(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # only the main thread may handle signals
+        if threading.current_thread() is not threading.main_thread() or stops.installed():
+            yield  # only the main thread may handle signals; digitcnn's handler records them
             return
 
         def on_sigint(signum, frame) -> None:
@@ -177,6 +179,9 @@ class StopOnInterrupt(keras.callbacks.Callback):
             signal.signal(signal.SIGINT, previous)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        stop = stops.requested()
+        if stop is not None:
+            raise stop
         if self.interrupted:
             raise KeyboardInterrupt
 

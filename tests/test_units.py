@@ -168,6 +168,38 @@ def test_a_ctrl_c_swallowed_mid_epoch_still_stops_training_at_its_end():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+HELD_STOP = """
+import os, signal, sys, time
+from digitcnn import stops
+from digitcnn.training import StopOnInterrupt
+
+stops.install()
+done = []
+try:
+    with stops.held():  # as a Keras file being written: the stop waits for the block's end
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        done.append("block")
+except stops.Stopped as stop:
+    done.append(stop.name)
+try:  # swallowed, as in a finalizer: training still stops at the epoch's end
+    StopOnInterrupt().on_epoch_end(0)
+except stops.Stopped as stop:
+    done.append(stop.name)
+print(" ".join(done))
+"""
+
+
+def test_a_stop_waits_for_a_held_block_and_a_swallowed_one_ends_the_epoch():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", HELD_STOP], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.split() == ["block", "SIGTERM", "SIGTERM"], proc.stderr[-2000:]
+
+
 def test_torch_backend_refuses_several_batches_per_call_before_anything_runs(monkeypatch):
     """Keras's torch trainer takes one batch per call; TensorFlow is what runs this test, so
     the backend's name is the one thing faked. The error comes before torch is imported."""

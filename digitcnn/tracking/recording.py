@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from digitcnn.config import TrackingConfig
 from digitcnn.errors import RecorderGone
-from digitcnn.stops import GRACE_SECONDS, shield
+from digitcnn.stops import GRACE_SECONDS, held, shield
 from digitcnn.tracking.channel import Channel, ChannelClosed
 from digitcnn.tracking.files import write_files
 
@@ -314,10 +314,12 @@ def _outcome(error: BaseException | None) -> BaseException | None:
 
 def _handed_over(write: Callable[[Path], None]) -> tuple[Path, Callable[[], None]]:
     """A new temporary folder filled by `write`, and what removes it once the recorder has
-    read it (at once if `write` fails)."""
+    read it (at once if `write` fails). A stop waits for `write` (Keras files: see
+    digitcnn.stops.held)."""
     folder = Path(tempfile.mkdtemp(prefix="digitcnn-"))
     try:
-        write(folder)
+        with held():
+            write(folder)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

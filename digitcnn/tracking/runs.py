@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 
 from digitcnn.errors import InputError, TrackingUnavailable
+from digitcnn.stops import held
 from digitcnn.tracking.files import write_files
 from digitcnn.tracking.store import Store, refusal
 
@@ -262,7 +263,8 @@ class Recorder:
         takes `details` after the file."""
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
-            model.save(keras_file)
+            with held():  # see digitcnn.stops.held
+                model.save(keras_file)
             self.log_keras_file(keras_file, *details)
 
     def log_keras_file(
