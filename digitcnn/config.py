@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -418,6 +419,9 @@ class EvaluateConfig:
     backend: str = "tensorflow"  # Keras's backend for the model
     seed: int = 42  # the validation split (the test split is evaluated)
     tags: list[str] = field(default_factory=list)
+    # Whose models to load from a server with users besides one's own ("*": anyone's); a
+    # logged model is code (digitcnn.provenance)
+    trust: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not str(self.model_uri).startswith(("runs:/", "models:/", "file:", "/")):
@@ -439,6 +443,16 @@ _GROUP_SCHEMAS = {
 }
 
 
+def own_name(name: str, tracking_uri: str) -> str:
+    """`name` made the user's own where runs go to a tracking server as a user
+    (MLFLOW_TRACKING_USERNAME=alice): `alice.digitcnn`, which no teammate can take on the team
+    server (digitcnn.team_app); else `name` as it is."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user and str(tracking_uri).startswith(("http://", "https://")):
+        return f"{user}.{name}"
+    return name
+
+
 def artifacts_for(tracking_uri: str, local_folder: str) -> str | None:
     """The default artifact location of a new experiment: None (the server's own store,
     `mlflow-artifacts:`) when runs go to a tracking server, else `local_folder`."""
@@ -449,6 +463,7 @@ def register_configs() -> None:
     """Store the schemas, the `project_root` resolver and the experiment recipes in Hydra."""
     OmegaConf.register_new_resolver("project_root", lambda: str(paths.project_root()), replace=True)
     OmegaConf.register_new_resolver("artifacts_for", artifacts_for, replace=True)
+    OmegaConf.register_new_resolver("own_name", own_name, replace=True)
     cs = ConfigStore.instance()
     # Under schema/ so that schemas are not offered as options of the groups they type.
     cs.store(group="schema", name="config", node=Config, package="_global_")

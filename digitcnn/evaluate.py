@@ -4,6 +4,8 @@
     python -m digitcnn.evaluate model=models:/digitcnn@champion dataset=images \\
         dataset.path=/data/other_digits.npz
 
+Who registered the model and from which run is said first; from a server with users, a model
+by someone else loads only with `trust=[THEIR_NAME]` (see digitcnn.provenance).
 The evaluation run records accuracy, loss and macro F1 (also on the logged model's page),
 the confusion matrix, the misclassified images and the per-class report, with tags naming
 the model and the run that trained it. A dataset whose images the model cannot take is one
@@ -52,12 +54,15 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     select_backend(typed.backend)
     import_keras_quietly()
 
-    from digitcnn import plots, tracking
+    from digitcnn import plots, provenance, tracking
     from digitcnn.data import load_dataset
     from digitcnn.evaluation import evaluate
     from digitcnn.serving import input_image_shape
 
     store = tracking.preflight(typed.tracking)
+    found = provenance.check(typed.model_uri, typed.tracking.uri, typed.trust, "trust=[{}]")
+    if found:
+        log.info("model     %s", found.line())
     model = _load_model(typed.model_uri)
     data = load_dataset(typed.dataset, typed.seed)
     images = data.x_test[..., 0] * data.pixel_max  # raw pixels, as the logged model takes them
@@ -78,6 +83,7 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
         "evaluation.model": typed.model_uri,
         "evaluation.source_run_id": model.metadata.run_id or "",
         "evaluation.model_id": model.metadata.model_id or "",
+        "evaluation.model_author": (found.author if found else None) or "",
         "dataset.digest": data.digest,
         "command": tracking.redact(" ".join(["digitcnn.evaluate", *sys.argv[1:]])),
         **{label: "true" for label in typed.tags},
@@ -86,7 +92,9 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     with tracking.tracked_run(store, name, tags) as recorder:
         params = tracking.flatten({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True)})
         recorder.log_params({**params, "model": typed.model_uri, "backend": typed.backend})
-        recorder.log_metrics(scores.metrics(), model_id=tags["evaluation.model_id"] or None)
+        # Linked to the logged model's page where the user may write to it (their own)
+        linked = tags["evaluation.model_id"] if provenance.mine(found) else ""
+        recorder.log_metrics(scores.metrics(), model_id=linked or None)
         recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
         recorder.log_files(
             {

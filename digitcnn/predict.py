@@ -7,7 +7,9 @@
 local model folder; `inputs` image files and/or folders (comma-separated). Each image is
 prepared as MNIST was (see digitcnn.images). Files that are not images, images over
 digitcnn.images.MAX_PIXELS pixels and blank images are reported and skipped. `tracking_uri`
-defaults to MLFLOW_TRACKING_URI, else the project's SQLite store.
+defaults to MLFLOW_TRACKING_URI, else the project's SQLite store. Who registered the model and
+from which run is said first; from a server with users, a model by someone else loads only
+with `trust=THEIR_NAME` (comma-separated; `*` for anyone): see digitcnn.provenance.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from digitcnn.images import NoInkError, NotAnImageError, load_image, to_mnist
 
 USAGE = (
     "usage: python -m digitcnn.predict model=<runs:/ID/model | models:/NAME@ALIAS | folder> "
-    "inputs=<files or folders, comma-separated> [output=table|json] [tracking_uri=URI]"
+    "inputs=<files or folders, comma-separated> [output=table|json] [tracking_uri=URI] "
+    "[trust=USER,...]"
 )
-KEYS = ("model", "inputs", "output", "tracking_uri")
+KEYS = ("model", "inputs", "output", "tracking_uri", "trust")
 
 
 @dataclass(frozen=True)
@@ -96,21 +99,31 @@ def not_a_regular_file(path: Path) -> str | None:
     return f"not a regular file ({kind})"
 
 
-def load_model(uri: str, tracking_uri: str | None):
-    """The pyfunc model at `uri`, and the (height, width) its signature takes."""
+def load_model(uri: str, tracking_uri: str | None, trust: list[str] = ()):
+    """The pyfunc model at `uri`, and the (height, width) its signature takes; who made it is
+    said first (on stderr), and a model by someone not trusted is refused."""
+    from digitcnn import provenance
+    from digitcnn.errors import InputError
     from digitcnn.runtime import import_keras_quietly, mlflow_defaults
 
     import_keras_quietly()
     mlflow_defaults()
     import mlflow
 
-    mlflow.set_tracking_uri(
+    tracking_uri = (
         tracking_uri
         or os.environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{paths.project_root()}/mlruns/mlflow.db"
     )
+    mlflow.set_tracking_uri(tracking_uri)
     if Path(uri).expanduser().is_dir():
         uri = str(Path(uri).expanduser().resolve())
+    try:
+        found = provenance.check(uri, tracking_uri, list(trust))
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if found:
+        print(found.line(), file=sys.stderr)
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MLflow's errors for unknown runs, names and folders vary
@@ -168,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     files = image_files(options["inputs"])
     if not files:
         raise SystemExit(f"error: no files in inputs={options['inputs']!r}")
-    model, shape = load_model(options["model"], options.get("tracking_uri"))
+    trust = [name.strip() for name in options.get("trust", "").split(",") if name.strip()]
+    model, shape = load_model(options["model"], options.get("tracking_uri"), trust)
     predictions = predict_files(model, shape, files)
     print(render(predictions, options["output"]))
     skipped = [p for p in predictions if p.error]

@@ -8,7 +8,8 @@ itself, users and permissions from MLflow's basic-auth app, its tables in the sa
 
 This writes the auth app's settings (database, default permission READ, admin user name) to a
 private temporary folder, removed when the server stops, and runs `mlflow server --app-name
-basic-auth` with them in a process group of its own, which ends as a whole: on SIGTERM,
+digitcnn-team` (MLflow's basic-auth app with owned names and provenance: digitcnn.team_app)
+with them in a process group of its own, which ends as a whole: on SIGTERM,
 SIGINT or SIGHUP within STOP_SECONDS, and also when this process is killed. No secret is
 on a command line. See docs/team.md for users, permissions and clients.
 """
@@ -100,7 +101,7 @@ def command(args: argparse.Namespace) -> list[str]:
         mlflow, "server",
         "--artifacts-destination", args.artifacts,
         "--serve-artifacts",
-        "--app-name", "basic-auth",
+        "--app-name", "digitcnn-team",
         "--host", args.host,
         "--port", str(args.port),
         "--workers", str(args.workers),

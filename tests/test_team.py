@@ -461,3 +461,76 @@ def test_the_team_server_serves_https_to_a_client_that_trusts_its_certificate(te
     assert "MLFLOW_TRACKING_SERVER_CERT_PATH" in line
     assert trusted.returncode == 0, failure_report(trusted)
     assert "over-https" in trusted.stderr + trusted.stdout
+
+
+def _predict(root: Path, url: str, user: str, password: str, *args: str):
+    return run_cli(
+        root, *args, env=as_user(user, password) | {"MLFLOW_TRACKING_URI": url},
+        module="digitcnn.predict",
+    )  # fmt: skip
+
+
+def test_a_teammate_can_neither_take_a_users_names_nor_slip_them_a_model(
+    team, tmp_path, monkeypatch
+):
+    """Bob comes first: he creates the experiment `digitcnn`, tries alice's own names, and
+    points `champion` of a model `digitcnn` at a model of his. Alice's default run still
+    works, in `alice.digitcnn`; her predict says who registered what it would load and loads
+    bob's model only once she says she trusts him; the server's record cannot be forged."""
+    from PIL import Image
+
+    bob = client(team, BOB, BOB_PASSWORD, monkeypatch)
+    bob.create_experiment("digitcnn")
+    for take in (bob.create_experiment, bob.create_registered_model):
+        with pytest.raises(Exception, match=r"'alice\.digitcnn' belongs to user 'alice'"):
+            take("alice.digitcnn")
+    bobs = run_cli(
+        tmp_path / "bob", *SHORT, f"tracking.uri={team.url}", "tracking.register_as=digitcnn",
+        env=as_user(BOB, BOB_PASSWORD),
+    )  # fmt: skip
+    assert bobs.returncode == 0, failure_report(bobs)
+    bob.set_registered_model_alias("digitcnn", "champion", "1")
+    bob_version = bob.get_model_version("digitcnn", "1")
+    assert bob_version.tags["digitcnn.registered_by"] == BOB
+    with pytest.raises(Exception, match="set by the team server alone"):
+        bob.set_model_version_tag("digitcnn", "1", "digitcnn.registered_by", ALICE)
+    with pytest.raises(Exception, match="set by the team server alone"):
+        bob.set_tag(bob_version.run_id, "digitcnn.owner", ALICE)
+
+    alices = alice_runs(tmp_path / "alice", team.url, "tracking.register_as=alice.digitcnn")
+    assert alices.returncode == 0, failure_report(alices)
+    (run,) = runs_in(team, "alice.digitcnn", monkeypatch)
+    assert run.data.tags["digitcnn.owner"] == ALICE and run.info.status == "FINISHED"
+
+    one = Image.new("L", (28, 28), 0)
+    one.paste(255, (12, 4, 16, 24))
+    one.save(tmp_path / "one.png")
+    inputs = f"inputs={tmp_path / 'one.png'}"
+    slipped = _predict(
+        tmp_path, team.url, ALICE, ALICE_PASSWORD, "model=models:/digitcnn@champion", inputs
+    )
+    assert slipped.returncode != 0, failure_report(slipped)
+    (line,) = [ln for ln in slipped.stderr.splitlines() if "error" in ln.lower()]
+    assert line == (
+        f"error: models:/digitcnn@champion is digitcnn version 1, registered by bob, from run "
+        f"{bob_version.run_id}; a logged model is code, load it only if you trust bob: trust=bob"
+    ), line
+    # What she trusts loads: evaluate (this test's models take the 8x8 digits) says whose.
+    evaluated = {}
+    for model, trust in (
+        ("models:/digitcnn@champion", "[bob]"),
+        ("models:/alice.digitcnn/1", "[]"),
+    ):
+        proc = run_cli(
+            tmp_path, f"model={model}", "dataset=digits", f"tracking.uri={team.url}",
+            f"trust={trust}", module="digitcnn.evaluate", env=as_user(ALICE, ALICE_PASSWORD),
+        )  # fmt: skip
+        assert proc.returncode == 0, failure_report(proc)
+        evaluated[model] = proc.stderr
+    assert (
+        f"registered by bob, from run {bob_version.run_id}"
+        in evaluated["models:/digitcnn@champion"]
+    )
+    assert (
+        f"registered by alice, from run {run.info.run_id}" in evaluated["models:/alice.digitcnn/1"]
+    )
