@@ -156,3 +156,39 @@ def test_a_run_name_longer_than_mlflow_keeps_is_cut_from_the_overrides(tmp_path)
     assert len(run.info.run_name) == 250 and run.info.run_name.endswith("…")
     assert "label039" in run.data.tags["overrides"]
     shutil.rmtree(tmp_path / "outputs")
+
+
+def test_a_kill_while_the_model_uploads_leaves_no_unfinished_model_once_resumed(tmp_path):
+    """kill -9 of the whole process group while the trained model is being logged (its
+    logged model PENDING: uploaded, then loaded back by MLflow to check it); resume= finishes
+    the run, which then holds one logged model, READY."""
+    import signal
+    import time
+
+    from tests.conftest import client_for, start_cli
+
+    proc = start_cli(
+        tmp_path, *DIGITS, "trainer.epochs=1", "tracking.experiment=up", own_group=True
+    )
+    deadline = time.monotonic() + 300
+    pending = []
+    while not pending and proc.poll() is None and time.monotonic() < deadline:
+        experiment = client_for(tmp_path).get_experiment_by_name("up")
+        if experiment is not None:
+            models = client_for(tmp_path).search_logged_models([experiment.experiment_id])
+            pending = [m for m in models if m.status == "PENDING"]
+        time.sleep(0.05)
+    assert pending, "the model's upload was not seen: " + (
+        proc.stdout.read() if proc.poll() else ""
+    )
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    client, run = only_run(tmp_path, "up")
+    assert run.info.status == "RUNNING"
+    resumed = run_cli(tmp_path, f"resume={run.info.run_id}")
+    assert resumed.returncode == 0, failure_report(resumed)
+    client, run = only_run(tmp_path, "up")
+    assert run.info.status == "FINISHED"
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [(m.source_run_id, str(m.status)) for m in models] == [(run.info.run_id, "READY")]

@@ -369,6 +369,8 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
                 recorder.log_files({"traceback.txt": trace})
     finally:
         if recorder.unavailable is None and not disk_full:
+            with contextlib.suppress(Exception):  # tidying: never what fails a run
+                _settle_logged_models(recorder, status)
             with recorder._timed("end_run"):
                 mlflow.end_run(status)
             recorder.ended = status
@@ -377,6 +379,23 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
                 mlflow.end_run("FAILED")
                 recorder.ended = "FAILED"
         log.debug("MLflow run %s ended %s", recorder.run_id, recorder.ended)
+
+
+def _settle_logged_models(recorder: Recorder, status: str) -> None:
+    """A run ends with the models it logged, each READY: a model whose upload was cut (a
+    process killed while logging it, then resumed) is deleted once the run has FINISHED, and
+    marked FAILED if the run ends otherwise."""
+    run = recorder.client.get_run(recorder.run_id)
+    models = recorder.client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{recorder.run_id}'"
+    )
+    for model in models:
+        if str(model.status) == "READY":
+            continue
+        if status == "FINISHED":
+            recorder.client.delete_logged_model(model.model_id)
+        elif str(model.status) == "PENDING":
+            recorder.client.finalize_logged_model(model.model_id, "FAILED")
 
 
 @contextmanager
