@@ -11,12 +11,18 @@ every model version with the user who registered it (REGISTERED_BY_TAG); no clie
 delete these tags, admins included. MLflow's own `mlflow.user` tag is whatever the client
 says. digitcnn's predict and evaluate read them (digitcnn.provenance).
 
+Health. `/health/ready` answers 200 once the database answers, else 503 (`/health` answers
+200 whenever the process runs); neither needs a password. An answer of 500 and above says
+what failed in words and keeps the database's host, port and driver message to the
+server's log.
+
 `python -m digitcnn.team_server` serves it (`mlflow server --app-name digitcnn-team`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 
@@ -36,6 +42,8 @@ TAG_KEY = {"runs/set-tag", "runs/delete-tag", "model-versions/set-tag", "model-v
 RUN_CREATION = {"runs/create", "runs/create-promptlab-run"}  # the second: the UI's prompt lab
 TAG_LISTS = {*RUN_CREATION, "runs/log-batch", "model-versions/create"}
 USER_CREATION = {"users/create", "users/create-ui"}
+READY = "/health/ready"  # under /health: MLflow's auth lets it through without a password
+log = logging.getLogger("digitcnn.team")
 
 
 def owner_of(name: str) -> str | None:
@@ -100,6 +108,27 @@ def create_app(app=None):
             return None
         body = {"error_code": "PERMISSION_DENIED", "message": reason}
         return Response(json.dumps(body), status=403, mimetype="application/json")
+
+    @app.route(READY)
+    def ready():
+        try:
+            with users.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            log.error("not ready: %s", exc)
+            return Response("database unavailable\n", status=503, mimetype="text/plain")
+        return Response("ready\n", mimetype="text/plain")
+
+    @app.after_request
+    def keep_details_in_the_log(response):
+        if response.status_code < 500 or response.mimetype != "application/json":
+            return response
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and body.get("message"):
+            log.error("%s %s: %s", request.method, request.path, body["message"])
+            body["message"] = "the server failed this request (its store may be unavailable)"
+            response.set_data(json.dumps(body))
+        return response
 
     @app.after_request
     def record_who(response):

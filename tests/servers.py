@@ -36,11 +36,27 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+class StoreURI(str):
+    """A PostgreSQL cluster's SQLAlchemy URI, which can also stop and start the cluster (a
+    database outage)."""
+
+    def __new__(cls, uri: str, ctl: list[str], options: str) -> StoreURI:
+        made = super().__new__(cls, uri)
+        made.ctl, made.options = ctl, options
+        return made
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres([*self.ctl, "-m", "fast", "-w", "stop"]), check=True)
+
+    def start(self) -> None:
+        subprocess.run(_as_postgres([*self.ctl, "-o", self.options, "-w", "start"]), check=True)
+
+
 @contextmanager
 def postgres():
     """A new PostgreSQL cluster in a temporary folder (removed afterwards) on a free 127.0.0.1
     port, trust authentication, with an empty database `mlflow`; yields its SQLAlchemy URI
-    (psycopg 3)."""
+    (psycopg 3), a `StoreURI`."""
     binaries = postgres_bin()
     assert binaries, "PostgreSQL is not installed (apt-get install postgresql)"
     data = Path(tempfile.mkdtemp(prefix="digitcnn-postgres-"))  # /tmp: reachable as postgres
@@ -70,7 +86,7 @@ def postgres():
             ],
             **run,
         )
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+        yield StoreURI(f"postgresql://postgres@127.0.0.1:{port}/mlflow", ctl, options)
     finally:
         subprocess.run(_as_postgres([*ctl, "-m", "immediate", "stop"]), capture_output=True)
         shutil.rmtree(data, ignore_errors=True)

@@ -534,3 +534,39 @@ def test_a_teammate_can_neither_take_a_users_names_nor_slip_them_a_model(
     assert (
         f"registered by alice, from run {run.info.run_id}" in evaluated["models:/alice.digitcnn/1"]
     )
+
+
+def test_readiness_asks_the_database_and_clients_never_see_its_details(tmp_path):
+    """PostgreSQL stops: /health still answers 200 (the process runs), /health/ready 503
+    without a password; a request gets an error without the database's host, port or driver
+    message, which go to the server's log; back once the database is."""
+    with postgres() as store:
+        server = TeamServer(store, tmp_path / "artifacts", tmp_path / "server.log")
+        server.start()
+        try:
+            ready = f"{server.url}/health/ready"
+            assert urllib.request.urlopen(ready, timeout=30).status == 200
+            store.stop()
+            assert urllib.request.urlopen(f"{server.url}/health", timeout=30).status == 200
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(ready, timeout=30)
+            assert refused.value.code == 503
+            with pytest.raises(AssertionError) as failed:  # the API helper's error: code, body
+                server.api("experiments/create", {"name": "during-the-outage"})
+            answer = str(failed.value)
+            assert ": 5" in answer and "store may be unavailable" in answer, answer
+            port = store.rsplit(":", 1)[1].split("/")[0]
+            for detail in (port, "127.0.0.1", "psycopg", "connection"):
+                assert detail not in answer.lower(), answer
+            assert port in server.log_file.read_text()  # the operator's log has the details
+            store.start()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert urllib.request.urlopen(ready, timeout=30).status == 200
+                    break
+                except urllib.error.HTTPError:
+                    assert time.monotonic() < deadline
+                    time.sleep(1)
+        finally:
+            server.stop()
