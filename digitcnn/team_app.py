@@ -11,6 +11,12 @@ every model version with the user who registered it (REGISTERED_BY_TAG); no clie
 delete these tags, admins included. MLflow's own `mlflow.user` tag is whatever the client
 says. digitcnn's predict and evaluate read them (digitcnn.provenance).
 
+Guessing. After THROTTLE_LIMIT wrong passwords for one user from one address within
+THROTTLE_SECONDS, that user is refused from that address (429, Retry-After) for the rest of
+the window, right password or not: the count is shared by the server's workers through a
+SQLite file in the server's private folder (DIGITCNN_TEAM_THROTTLE, set by
+digitcnn.team_server). Behind a proxy the address is the proxy's: rate-limit there too.
+
 Health. `/health/ready` answers 200 once the database answers, else 503 (`/health` answers
 200 whenever the process runs); neither needs a password. An answer of 500 and above says
 what failed in words and keeps the database's host, port and driver message to the
@@ -21,10 +27,13 @@ server's log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import sqlite3
+import time
 
 OWNER_TAG = "digitcnn.owner"
 REGISTERED_BY_TAG = "digitcnn.registered_by"
@@ -44,6 +53,8 @@ TAG_LISTS = {*RUN_CREATION, "runs/log-batch", "model-versions/create"}
 USER_CREATION = {"users/create", "users/create-ui"}
 READY = "/health/ready"  # under /health: MLflow's auth lets it through without a password
 log = logging.getLogger("digitcnn.team")
+THROTTLE_LIMIT = 5
+THROTTLE_SECONDS = 60
 
 
 def owner_of(name: str) -> str | None:
@@ -95,6 +106,31 @@ def create_app(app=None):
     app = app or mlflow_app
     served = basic_auth_app(app)  # authenticates first: its hook is registered before ours
     records = _Records()
+    throttle = Throttle(os.environ.get("DIGITCNN_TEAM_THROTTLE"))
+
+    def guesser():
+        auth = request.authorization
+        if auth is None or auth.type != "basic" or not auth.username:
+            return None
+        return auth.username, request.remote_addr or ""
+
+    def refuse_guessers():
+        who = guesser()
+        wait = throttle.wait(*who) if who else 0
+        if not wait:
+            return None
+        body = {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "too many wrong passwords"}
+        headers = {"Retry-After": str(wait)}
+        return Response(json.dumps(body), 429, headers, mimetype="application/json")
+
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_guessers)  # before auth
+
+    @app.after_request
+    def count_wrong_passwords(response):
+        who = guesser()
+        if response.status_code == 401 and who:
+            throttle.failed(*who)
+        return response
 
     @app.before_request
     def refuse_what_is_not_theirs():
@@ -162,3 +198,41 @@ class _Records:
             store = os.environ["MLFLOW_BACKEND_STORE_URI"]
             self._client = MlflowClient(tracking_uri=store, registry_uri=store)
         return self._client
+
+
+class Throttle:
+    """Wrong passwords per (user, address) in the last THROTTLE_SECONDS, in a SQLite file
+    that the server's workers share; without one (a server not started by
+    digitcnn.team_server), nothing is counted."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        if path is None:
+            log.warning("DIGITCNN_TEAM_THROTTLE is not set: wrong passwords are not throttled")
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        db.execute("CREATE TABLE IF NOT EXISTS failures (user TEXT, address TEXT, at REAL)")
+        return db
+
+    def wait(self, user: str, address: str) -> int:
+        """Seconds until `user` may try again from `address` (0: now)."""
+        if self.path is None:
+            return 0
+        since = time.time() - THROTTLE_SECONDS
+        with contextlib.closing(self._db()) as db:
+            times = db.execute(
+                "SELECT at FROM failures WHERE user = ? AND address = ? AND at > ? ORDER BY at",
+                (user, address, since),
+            ).fetchall()
+        if len(times) < THROTTLE_LIMIT:
+            return 0
+        return max(1, round(times[-THROTTLE_LIMIT][0] - since))
+
+    def failed(self, user: str, address: str) -> None:
+        if self.path is None:
+            return
+        now = time.time()
+        with contextlib.closing(self._db()) as db:
+            db.execute("DELETE FROM failures WHERE at < ?", (now - THROTTLE_SECONDS,))
+            db.execute("INSERT INTO failures VALUES (?, ?, ?)", (user, address, now))

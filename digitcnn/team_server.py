@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.write_text(auth_settings(store, args.default_permission))
         env = os.environ | {
             "MLFLOW_AUTH_CONFIG_PATH": str(settings),
+            "DIGITCNN_TEAM_THROTTLE": str(Path(folder) / "wrong-passwords.db"),
             "MLFLOW_BACKEND_STORE_URI": store,
             "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(allowed_hosts(args.allowed_hosts)),
         }

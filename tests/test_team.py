@@ -570,3 +570,35 @@ def test_readiness_asks_the_database_and_clients_never_see_its_details(tmp_path)
                     time.sleep(1)
         finally:
             server.stop()
+
+
+def _status_as(team: TeamServer, user: str, password: str) -> tuple[int, str | None]:
+    """The status of one API request as `user` (no retries), and its Retry-After."""
+    import base64
+
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(
+        f"{team.url}/api/2.0/mlflow/experiments/search?max_results=1",
+        headers={"Authorization": f"Basic {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Retry-After")
+
+
+def test_guessing_a_password_is_cut_short_for_that_user_from_that_address(team):
+    """Five wrong passwords for carol within a minute: the next attempts from this address
+    are refused (429, Retry-After), the right password too, whichever worker answers; bob is
+    not affected."""
+    from digitcnn.team_app import THROTTLE_LIMIT, THROTTLE_SECONDS
+
+    team.add_user("carol", "carol-password-2718")
+    assert _status_as(team, "carol", "carol-password-2718") == (200, None)
+    wrong = [_status_as(team, "carol", f"guess-{i}")[0] for i in range(THROTTLE_LIMIT)]
+    assert wrong == [401] * THROTTLE_LIMIT
+    for password in ("guess-again", "carol-password-2718"):
+        status, retry_after = _status_as(team, "carol", password)
+        assert status == 429 and 0 < int(retry_after) <= THROTTLE_SECONDS
+    assert _status_as(team, BOB, BOB_PASSWORD) == (200, None)
