@@ -480,7 +480,7 @@ def test_a_teammate_can_neither_take_a_users_names_nor_slip_them_a_model(
     from PIL import Image
 
     bob = client(team, BOB, BOB_PASSWORD, monkeypatch)
-    bob.create_experiment("digitcnn")
+    bobs_experiment = bob.create_experiment("digitcnn")
     for take in (bob.create_experiment, bob.create_registered_model):
         with pytest.raises(Exception, match=r"'alice\.digitcnn' belongs to user 'alice'"):
             take("alice.digitcnn")
@@ -496,6 +496,17 @@ def test_a_teammate_can_neither_take_a_users_names_nor_slip_them_a_model(
         bob.set_model_version_tag("digitcnn", "1", "digitcnn.registered_by", ALICE)
     with pytest.raises(Exception, match="set by the team server alone"):
         bob.set_tag(bob_version.run_id, "digitcnn.owner", ALICE)
+    from mlflow.entities import RunTag
+
+    forged = RunTag("digitcnn.owner", ALICE)
+    for forge in (
+        lambda: bob.log_batch(bob_version.run_id, tags=[forged]),
+        lambda: bob.create_run(bobs_experiment, tags={forged.key: ALICE}),
+    ):
+        with pytest.raises(Exception, match="set by the team server alone"):
+            forge()
+    with pytest.raises(Exception, match="belongs to user 'alice'"):
+        bob.rename_experiment(bobs_experiment, "alice.renamed")
 
     alices = alice_runs(tmp_path / "alice", team.url, "tracking.register_as=alice.digitcnn")
     assert alices.returncode == 0, failure_report(alices)
