@@ -366,3 +366,28 @@ def test_a_channel_message_arriving_in_pieces_is_read_whole_once_complete():
     theirs.close()
     with pytest.raises(ChannelClosed):
         channel.receive()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "fields", "user", "is_admin", "refused"),
+    [
+        ("experiments/create", {"name": "alice.digitcnn"}, "alice", False, None),
+        ("experiments/create", {"name": "alice.digitcnn"}, "bob", False, "belongs to user 'alice'"),
+        ("experiments/create", {"name": "alice.digitcnn"}, "admin", True, None),
+        ("experiments/update", {"new_name": "alice.x"}, "bob", False, "belongs to user 'alice'"),
+        ("registered-models/rename", {"new_name": "alice.x"}, "bob", False, "belongs to"),
+        ("registered-models/create", {"name": "digitcnn"}, "bob", False, None),
+        ("users/create", {"username": "carol.x"}, "admin", True, "contains a dot"),
+        ("runs/set-tag", {"key": "digitcnn.owner"}, "admin", True, "team server alone"),
+        ("runs/set-tag", {"key": "mlflow.user"}, "bob", False, None),
+        ("runs/create", {"tags": [{"key": "digitcnn.owner"}]}, "bob", False, "alone"),
+        ("model-versions/delete-tag", {"key": "digitcnn.registered_by"}, "bob", False, "alone"),
+    ],
+)
+def test_the_team_app_refuses_others_names_and_forged_records(
+    endpoint, fields, user, is_admin, refused
+):
+    from digitcnn.team_app import refusal
+
+    reason = refusal(endpoint, fields, user, is_admin)
+    assert (reason is None) if refused is None else (refused in reason), reason
