@@ -26,6 +26,11 @@ REAL_HOME = Path.home()
 os.environ["HOME"] = tempfile.mkdtemp(prefix="digitcnn-test-home-")
 for _name in [n for n in os.environ if n.startswith(("MLFLOW_", "KERAS_", "DIGITCNN_"))]:
     del os.environ[_name]
+# The commands the tests start take Ctrl-C as from a terminal, however the suite was started:
+# a background job of a non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and a
+# command keeps a signal ignored at its start (digitcnn.stops, as `nohup`).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Matplotlib's font cache is shared by the session's processes: not the user's, built once.
 os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="digitcnn-test-mpl-")
 
