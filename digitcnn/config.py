@@ -443,12 +443,17 @@ _GROUP_SCHEMAS = {
 }
 
 
+def is_server(tracking_uri: str) -> bool:
+    """Whether runs go to a tracking server (http or https), not to a store of their own."""
+    return str(tracking_uri).startswith(("http://", "https://"))
+
+
 def own_name(name: str, tracking_uri: str) -> str:
     """`name` made the user's own where runs go to a tracking server as a user
     (MLFLOW_TRACKING_USERNAME=alice): `alice.digitcnn`, which no teammate can take on the team
     server (digitcnn.team_app); else `name` as it is."""
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if user and str(tracking_uri).startswith(("http://", "https://")):
+    if user and is_server(tracking_uri):
         return f"{user}.{name}"
     return name
 
@@ -456,7 +461,7 @@ def own_name(name: str, tracking_uri: str) -> str:
 def artifacts_for(tracking_uri: str, local_folder: str) -> str | None:
     """The default artifact location of a new experiment: None (the server's own store,
     `mlflow-artifacts:`) when runs go to a tracking server, else `local_folder`."""
-    return None if str(tracking_uri).startswith(("http://", "https://")) else local_folder
+    return None if is_server(tracking_uri) else local_folder
 
 
 def register_configs() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from digitcnn.config import is_server
 from digitcnn.errors import InputError
 from digitcnn.team_app import OWNER_TAG, REGISTERED_BY_TAG
 
@@ -33,10 +34,6 @@ class Provenance:
         if self.author is None:
             who = "its author not recorded by the server"
         return f"{what}, {who}, from run {self.run_id or '(none)'}"
-
-
-def remote(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("http://", "https://"))
 
 
 def provenance(uri: str, client) -> Provenance:
@@ -85,7 +82,7 @@ def check(
 ) -> Provenance | None:
     """What the server records of the model at `uri`, after refusing it if untrusted (a
     server with users); None for a local model, whose author is the user."""
-    if not uri.startswith(("runs:/", "models:/")) or not remote(tracking_uri):
+    if not uri.startswith(("runs:/", "models:/")) or not is_server(tracking_uri):
         return None
     from mlflow.tracking import MlflowClient
 

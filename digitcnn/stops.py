@@ -27,7 +27,7 @@ _before_stopping: list[Callable[[int], None]] = []
 _closers: list[Callable[[Stopped], None]] = []
 _received: list[int] = []  # the stop signal this process got, if any
 _held = 0  # how many `held()` blocks the main thread is in
-_installed = [False]
+_installed = False  # whether `install` ran in this process
 
 
 class Stopped(KeyboardInterrupt):
@@ -75,9 +75,10 @@ def as_stopped(exc: KeyboardInterrupt) -> Stopped:
 def install() -> None:
     """Make every stop signal raise `Stopped` in this process (its main thread only: Python
     runs signal handlers there)."""
+    global _installed
     if threading.current_thread() is not threading.main_thread():
         return
-    _installed[0] = True
+    _installed = True
     for signum in STOP_SIGNALS:
         current = signal.getsignal(signum)
         if current is not signal.SIG_IGN and current is not _ignore_later:
@@ -87,7 +88,7 @@ def install() -> None:
 def installed() -> bool:
     """Whether `install` ran in this process (its stop signals then raise `Stopped`, or stay
     ignored if they were)."""
-    return _installed[0]
+    return _installed
 
 
 def before_stopping(hook: Callable[[int], None]) -> Callable[[], None]:
@@ -143,7 +144,7 @@ def held() -> Iterator[None]:
     finally:
         _held -= 1
         if not _held and len(_received) > before:  # the stop wins over the block's error
-            raise Stopped(_received[-1])
+            raise Stopped(_received[0])
 
 
 def _ignore_later(signum: int, frame) -> None:

@@ -137,9 +137,7 @@ def create_app(app=None):
     def refuse_what_is_not_theirs():
         endpoint = endpoint_of(request.path)
         user = getattr(g, "mlflow_authenticated_user", None)
-        if endpoint is None or user is None or request.method != "POST":
-            return None
-        if endpoint not in GUARDED:
+        if endpoint not in GUARDED or user is None or request.method != "POST":
             return None
         fields = request.form if endpoint == "users/create-ui" else request.get_json(silent=True)
         is_admin = endpoint in NAMING and users.get_user(user).is_admin  # asked when it matters
@@ -213,11 +211,12 @@ class Throttle:
         self.path = path
         if path is None:
             log.warning("DIGITCNN_TEAM_THROTTLE is not set: wrong passwords are not throttled")
+            return
+        with contextlib.closing(self._db()) as db:  # once per worker, not per request
+            db.execute("CREATE TABLE IF NOT EXISTS failures (user TEXT, address TEXT, at REAL)")
 
     def _db(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        db.execute("CREATE TABLE IF NOT EXISTS failures (user TEXT, address TEXT, at REAL)")
-        return db
+        return sqlite3.connect(self.path, timeout=10, isolation_level=None)
 
     def wait(self, user: str, address: str) -> int:
         """Seconds until `user` may try again from `address` (0: now)."""

@@ -21,7 +21,7 @@ from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
 from digitcnn import paths
-from digitcnn.config import TrackingConfig
+from digitcnn.config import TrackingConfig, is_server
 from digitcnn.errors import InputError
 from digitcnn.runtime import mlflow_defaults
 from digitcnn.tracking.describe import redact, sqlite_path
@@ -195,7 +195,7 @@ def preflight(cfg: TrackingConfig) -> Store:
     """Open the store, failing early with the key named when it cannot be reached or its
     artifact folder cannot be written: before data is loaded and before any run exists."""
     shown = redact(cfg.uri)
-    if cfg.uri.startswith(("http://", "https://")):
+    if is_server(cfg.uri):
         try:
             parts = urllib.parse.urlsplit(cfg.uri)  # /health needs no credentials
             health = parts._replace(netloc=parts.netloc.rpartition("@")[2], path="/health")
