@@ -33,6 +33,7 @@ from digitcnn.disk import write_text_whole
 from digitcnn.explain import Explained
 from digitcnn.resume import RESOLVED_CONFIG, job_source
 from digitcnn.runtime import import_keras_quietly
+from digitcnn.search.trial import PRUNED_AT_TAG, STATE_TAG, TRIAL_TAG, trial_of
 from digitcnn.timing import Timings, process_age
 from digitcnn.tracking.recording import open_recording
 from digitcnn.writer_lock import writing
@@ -269,6 +270,8 @@ def _tags(typed: Config, data, overrides: list[str], hydra_cfg, parent: str | No
     }
     if parent:
         tags["sweep.job"] = str(hydra_cfg.job.num)
+    if trial := trial_of(hydra_cfg.sweeper):
+        tags[TRIAL_TAG] = str(trial.number)
     if typed.debug.mode != "none":
         tags["debug"] = typed.debug.mode
     local = hydra_cfg.runtime.choices.get("local")
@@ -448,15 +451,24 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
         Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
     )
     checks = debug.callbacks(typed, Path(typed.paths.output_dir))
+    reporter = _trial_reporter(typed, saver.history)
     result = train(
         model,
         data,
         typed.optimizer,
         typed.trainer,
-        [saver, tracking.EpochMetricsLogger(recorder), *checks],  # the checkpoint first
+        # the checkpoint first: a pruned trial's last epoch is saved
+        [saver, tracking.EpochMetricsLogger(recorder), *reporter, *checks],
         initial_epoch=done,
         seed=typed.seed + done,
     )
+    if reporter:
+        pruned_at = reporter[0].pruned_at
+        recorder.log_tags(
+            {STATE_TAG: "PRUNED", PRUNED_AT_TAG: pruned_at}
+            if pruned_at
+            else {STATE_TAG: "COMPLETE"}
+        )
     if not checkpoint:  # what Keras made of jit_compile (auto: its per-backend choice)
         recorder.log_params({"derived.jit_compile": model.jit_compile})
     timings.set("fit_seconds", result.train_seconds)
@@ -466,6 +478,17 @@ def _fit(typed, model, data, recorder, checkpoint, timings):
     metrics |= debug.verdict(typed, checks, saver.history)
     # every epoch, those before a resume included
     return saver.history, metrics, result.validation_probabilities
+
+
+def _trial_reporter(typed: Config, history: dict) -> list:
+    """In an Optuna search, the callback that reports each epoch to the job's trial (and
+    stops a pruned one); none elsewhere."""
+    trial = trial_of(HydraConfig.get().sweeper)
+    if trial is None:
+        return []
+    from digitcnn.search.pruning import ReportToTrial
+
+    return [ReportToTrial(trial, typed.objective, history)]
 
 
 def _fit_metrics(result: TrainResult, train_size: int) -> dict[str, float]:

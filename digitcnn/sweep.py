@@ -55,22 +55,6 @@ def _sweep_to_resume(store, target: str) -> str:
     return run.info.run_id
 
 
-def _prepare_study_storage(config: DictConfig) -> None:
-    """An Optuna study in a database: ready before the sweeper opens it (see optuna_storage)."""
-    storage = OmegaConf.select(config, "hydra.sweeper.storage")
-    if not storage:
-        return
-    from digitcnn import optuna_storage, tracking
-
-    try:
-        optuna_storage.prepare(storage)
-    except Exception as exc:  # SQLAlchemy's and the driver's errors: unreachable, refused
-        raise InputError(
-            f"hydra.sweeper.storage={tracking.redact(storage)!r} cannot be used: "
-            f"{tracking.redact(str(exc).splitlines()[0])}"
-        ) from None
-
-
 def _tracking(config: DictConfig) -> TrackingConfig:
     return OmegaConf.to_object(config.tracking)
 
@@ -142,7 +126,10 @@ class MlflowSweepCallback(Callback):
             **{label: "true" for label in config.get("tags") or []},  # tags=[...], as its jobs
         }
         store = tracking.preflight(_tracking(config))
-        _prepare_study_storage(config)
+        if config.hydra.sweeper._target_.startswith("hydra_plugins.digitcnn_optuna_sweeper"):
+            from digitcnn.search.sweeper import preflight
+
+            preflight(config)  # its database reached, its space parsed: before the parent opens
         if config.resume:
             run_id = _sweep_to_resume(store, config.resume)
             tracking.reopen_parent_run(store, run_id)

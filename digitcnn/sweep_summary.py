@@ -22,6 +22,7 @@ class JobRecord:
     status: str
     overrides: list[str]  # this job's own overrides, as Hydra gave them
     metrics: dict[str, float]
+    pruned_at_epoch: int | None = None  # an Optuna trial stopped early by the pruner
 
 
 def _parse(override: str) -> tuple[str, str]:
@@ -39,10 +40,14 @@ def swept_keys(records: Iterable[JobRecord]) -> list[str]:
 
 
 def jobs_table(records: list[JobRecord], objective: str) -> pd.DataFrame:
-    """One row per job: its overrides, status, objective and test metrics, run id."""
+    """One row per job: its overrides, status (and, in a search that pruned, the epoch a
+    pruned job stopped after), objective and test metrics, run id."""
     rows = []
+    searched = any(r.pruned_at_epoch is not None for r in records)
     for r in sorted(records, key=lambda r: r.job):
         row = {"job": r.job, "overrides": " ".join(r.overrides), "status": r.status}
+        if searched:
+            row["pruned_at_epoch"] = r.pruned_at_epoch if r.pruned_at_epoch is not None else ""
         for metric in dict.fromkeys((objective, *METRICS)):
             row[metric] = r.metrics.get(metric, np.nan)
         row["run_id"] = r.run_id
@@ -51,8 +56,11 @@ def jobs_table(records: list[JobRecord], objective: str) -> pd.DataFrame:
 
 
 def best_job(table: pd.DataFrame, objective: str) -> pd.Series | None:
-    """The finished job with the best objective (a validation metric, never the test set)."""
+    """The finished job with the best objective (a validation metric, never the test set);
+    a pruned job is no candidate: its objective is that of an early epoch."""
     finished = table[(table["status"] == "FINISHED") & table[objective].notna()]
+    if "pruned_at_epoch" in finished:
+        finished = finished[finished["pruned_at_epoch"] == ""]
     if finished.empty:
         return None
     index = (

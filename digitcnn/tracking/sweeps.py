@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.config import TrackingConfig
+from digitcnn.search.trial import PRUNED_AT_TAG
 from digitcnn.sweep_summary import JobRecord
 from digitcnn.tracking.runs import Recorder
 from digitcnn.tracking.store import Store, client_for
@@ -95,10 +96,15 @@ def sweep_records(cfg: TrackingConfig, parent_run_id: str) -> tuple[Recorder, li
             status=run.info.status,
             overrides=json.loads(run.data.tags.get("overrides", "[]")),
             metrics=dict(run.data.metrics),
+            pruned_at_epoch=_int_or_none(run.data.tags.get(PRUNED_AT_TAG)),
         )
         for run in children
     ]
     return Recorder(client, parent_run_id, parent.info.artifact_uri), records
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text is not None else None
 
 
 def end_parent_run(recorder: Recorder, status: str) -> None:

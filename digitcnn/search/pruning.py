@@ -1,0 +1,49 @@
+"""The Keras callback that tells a search's trial each epoch's validation objective, so that
+the study's pruner can stop a hopeless trial at the epoch's end. Nothing here knows MLflow."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from digitcnn.search.trial import TrialLink
+
+log = logging.getLogger(__name__)
+
+
+class ReportToTrial(keras.callbacks.Callback):
+    """At each epoch's end, reports `objective` to the trial and asks its pruner; a pruned
+    trial stops training there (its checkpoint of that epoch is kept, as for any epoch).
+
+    Put it after the checkpoint's callback: the epoch it stops after is then saved."""
+
+    def __init__(self, link: TrialLink, objective: str, history: dict | None = None) -> None:
+        super().__init__()
+        self.link, self.objective = link, objective
+        self.pruned_at: int | None = None
+        self._trial = link.open()
+        (frozen,) = [
+            t for t in self._trial.study.get_trials(deepcopy=False) if t.number == link.number
+        ]
+        reported = frozen.intermediate_values
+        # A resumed job's earlier epochs, where a stop came between checkpoint and report.
+        for step, value in enumerate((history or {}).get(objective, []), start=1):
+            if step not in reported:
+                self._trial.report(float(value), step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.objective)
+        if value is None:
+            return
+        self._trial.report(float(value), epoch + 1)
+        if self._trial.should_prune():
+            self.pruned_at = epoch + 1
+            log.info(
+                "trial %d pruned after epoch %d: %s %.4f",
+                self.link.number,
+                self.pruned_at,
+                self.objective,
+                value,
+            )
+            self.model.stop_training = True
