@@ -1,0 +1,207 @@
+"""Optuna searches through the CLI (digitcnn's own sweeper on Optuna 5): pruning on the basic
+and joblib launchers, a killed search resumed, two objectives, bad settings; read back with
+MLflow's client and Optuna's own `load_study`. Ray: tests/test_ray.py."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import cli_env, client_for, failure_report, run_cli
+
+# Digits, 3 epochs; successive halving with a reduction factor this large lets a trial past
+# its first epoch only when it is the best so far there: trial 0 completes, most others stop.
+SEARCH = (
+    "hparams_search=optuna",
+    "experiment=quick",
+    "dataset.val_size=180",
+    "trainer.epochs=3",
+    "tracking.log_model=false",
+)
+PRUNE_HARD = (
+    "hydra/sweeper/pruner=successive_halving",
+    "hydra.sweeper.pruner.reduction_factor=100",
+)
+
+
+def _study(root: Path) -> optuna.Study:
+    storage = f"sqlite:///{root}/mlruns/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)  # a search's own study by default
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _search_runs(root: Path):
+    client = client_for(root)
+    experiment_id = client.get_experiment_by_name("quick").experiment_id
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, children
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_search_prunes_hopeless_trials_and_records_each_as_a_child_run(tmp_path, launcher):
+    extra = ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"] if launcher == "joblib" else []
+    proc = run_cli(tmp_path, "-m", *SEARCH, *PRUNE_HARD, "hydra.sweeper.n_trials=5", *extra)
+    assert proc.returncode == 0, failure_report(proc)
+
+    trials = _study(tmp_path).get_trials(deepcopy=False)
+    states = {t.number: t.state.name for t in trials}
+    assert sorted(states) == [0, 1, 2, 3, 4]
+    assert "PRUNED" in states.values() and "COMPLETE" in states.values(), states
+    client, parent, children = _search_runs(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
+    assert parent.data.tags["optuna.pruner"] == "SuccessiveHalvingPruner"
+    by_trial = {int(c.data.tags["optuna.trial"]): c for c in children}
+    assert sorted(by_trial) == sorted(states)
+    for trial in trials:
+        run = by_trial[trial.number]
+        assert run.info.status == "FINISHED"  # a pruned trial is no failure
+        assert run.data.tags["optuna.state"] == trial.state.name
+        assert trial.user_attrs["mlflow.run_id"] == run.info.run_id
+        epochs = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert trial.intermediate_values == {m.step: pytest.approx(m.value) for m in epochs}
+        if trial.state.name == "PRUNED":
+            stopped = int(run.data.tags["optuna.pruned_at_epoch"])
+            assert stopped == len(epochs) < 3 and trial.user_attrs["pruned_at_epoch"] == stopped
+            checkpoint = Path(run.data.tags["hydra.output_dir"]) / "checkpoint" / "state.json"
+            assert checkpoint.is_file()  # kept, with its curves and test metrics
+            assert "test_accuracy" in run.data.metrics
+        else:
+            assert len(epochs) == 3 and trial.value == pytest.approx(epochs[-1].value)
+    metrics = parent.data.metrics
+    assert metrics["epochs_trained"] == sum(len(t.intermediate_values) for t in trials) < 15
+    assert metrics["trials_pruned"] == list(states.values()).count("PRUNED")
+    # The best is a completed trial, the same for Optuna and for the sweep's summary.
+    best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert parent.data.tags["search.best_trial"] == str(best.number)
+    assert parent.data.tags["best.run_id"] == best.user_attrs["mlflow.run_id"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert {
+        "search/optimization_history.png",
+        "search/intermediate_values.png",
+        "search/trials.csv",
+        "search/best_trials.json",
+    } <= artifacts
+
+
+def test_a_killed_search_resumes_its_study(tmp_path):
+    """SIGKILL a search while its second trial trains, then start it again with `resume=`: the
+    finished trial is not run again, the interrupted one goes on from its checkpoint under its
+    own number, and the search ends with its 3 trials."""
+    search = [*SEARCH, "trainer.epochs=12", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "digitcnn.run", "-m", *search],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    trials: list = []
+    while killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            trials = _study(tmp_path).get_trials(deepcopy=False)
+        except (ValueError, KeyError):  # no study yet
+            continue
+        if len(trials) == 2 and len(trials[1].intermediate_values) >= 2:
+            break
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"], trials
+
+    (folder,) = (tmp_path / "multirun").glob("*/*")
+    proc = run_cli(tmp_path, "-m", *search, f"resume={folder}")
+    assert proc.returncode == 0, failure_report(proc)
+    assert "resuming: 1 trials ended, 1 to run again" in proc.stderr
+
+    after = _study(tmp_path).get_trials(deepcopy=False)
+    assert [t.state.name for t in after] == ["COMPLETE"] * 3
+    assert after[0].datetime_complete == trials[0].datetime_complete  # not run again
+    assert sorted(after[1].intermediate_values) == list(range(1, 13))
+    _, parent, children = _search_runs(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.resumed"] == "1"
+    counted = [c for c in children if c.data.tags.get("sweep.superseded") != "true"]
+    assert sorted(c.data.tags["optuna.trial"] for c in counted) == ["0", "1", "2"]
+    (continued,) = [c for c in counted if c.data.tags["optuna.trial"] == "1"]
+    assert continued.info.run_id == after[1].user_attrs["mlflow.run_id"]
+    assert "resumed_after_epoch" in continued.data.tags
+
+
+def test_a_second_objective_gives_a_pareto_front(tmp_path):
+    proc = run_cli(
+        tmp_path,
+        "-m",
+        *SEARCH,
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.second_objective=trainable_params",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.params.model.dense_units=choice(16,128)",
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    study = _study(tmp_path)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    client, parent, children = _search_runs(tmp_path)
+    by_run = {c.info.run_id: c for c in children}
+    for trial in study.trials:
+        run = by_run[trial.user_attrs["mlflow.run_id"]]
+        assert trial.values[1] == float(run.data.params["derived.trainable_params"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert "search/pareto_front.png" in artifacts and "search/best_trials.json" in artifacts
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "hydra.sweeper.second_objective=trainable_params",
+            "hydra.sweeper.second_objective=trainable_params needs hydra/sweeper/pruner=none",
+        ),
+        ("hydra.sweeper.second_objective=test_accuracy", "null or one of trainable_params"),
+        ("hydra.sweeper.storage=nowhere", "hydra.sweeper.storage='nowhere' is not allowed"),
+        ("hydra.sweeper.params.model.dropout=interval(0.5,0.1)", "hydra.sweeper.params.model"),
+        ("hydra.sweeper.n_trials=0", "both at least 1"),
+    ],
+)
+def test_bad_search_settings_are_one_line_before_any_run(tmp_path, setting, message):
+    proc = run_cli(tmp_path, "-m", *SEARCH, setting)
+    assert proc.returncode == 2, failure_report(proc)
+    (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert message in line, line
+    assert "Traceback" not in proc.stderr
+    store = tmp_path / "mlruns" / "mlflow.db"
+    if store.exists():  # the store may be made; no run is opened in it
+        experiment = client_for(tmp_path).get_experiment_by_name("quick")
+        assert experiment is None or not client_for(tmp_path).search_runs(
+            [experiment.experiment_id]
+        )
+
+
+def test_no_private_optuna_module_is_imported():
+    """Optuna's modules whose names start with `_` may change in any release."""
+    root = Path(__file__).parent.parent
+    private = []
+    for path in [*root.glob("digitcnn/**/*.py"), *root.glob("hydra_plugins/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            private += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] == "optuna" and any(p.startswith("_") for p in n.split("."))
+            ]
+    assert not private
