@@ -7,7 +7,7 @@ import logging
 
 import keras
 
-from digitcnn.search.trial import TrialLink
+from digitcnn.search.trial import EPOCHS_ATTR, TrialLink
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +23,23 @@ class ReportToTrial(keras.callbacks.Callback):
         self.link, self.objective = link, objective
         self.pruned_at: int | None = None
         self._trial = link.open()
+        self._several_objectives = len(self._trial.study.directions) > 1
         (frozen,) = [
             t for t in self._trial.study.get_trials(deepcopy=False) if t.number == link.number
         ]
         reported = frozen.intermediate_values
         # A resumed job's earlier epochs, where a stop came between checkpoint and report.
-        for step, value in enumerate((history or {}).get(objective, []), start=1):
+        earlier = [] if self._several_objectives else (history or {}).get(objective, [])
+        for step, value in enumerate(earlier, start=1):
             if step not in reported:
                 self._trial.report(float(value), step)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         value = (logs or {}).get(self.objective)
         if value is None:
+            return
+        if self._several_objectives:  # Optuna takes reports from single-objective studies only
+            self._trial.set_user_attr(EPOCHS_ATTR, epoch + 1)
             return
         self._trial.report(float(value), epoch + 1)
         if self._trial.should_prune():

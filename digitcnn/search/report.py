@@ -22,12 +22,20 @@ def trials_table(trials: list) -> pd.DataFrame:
         row = {"trial": t.number, "state": t.state.name}
         for i, value in enumerate(t.values or []):
             row[f"value_{i}" if i else "value"] = value
-        row["epochs"] = len(t.intermediate_values)
+        row["epochs"] = _epochs(t)
         row["pruned_at_epoch"] = t.user_attrs.get("pruned_at_epoch", "")
         row |= {f"params.{k}": v for k, v in t.params.items()}
         row["run_id"] = t.user_attrs.get("mlflow.run_id")
         rows.append(row)
     return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+
+def _epochs(trial) -> int:
+    """The epochs a trial trained: those it reported (a study of several objectives takes no
+    reports; its jobs note their count instead)."""
+    from digitcnn.search.trial import EPOCHS_ATTR
+
+    return len(trial.intermediate_values) or trial.user_attrs.get(EPOCHS_ATTR, 0)
 
 
 def _figures(study, names: list[str]) -> dict:
@@ -101,7 +109,7 @@ def record(study, trials: list, client, parent: str, names: list[str]) -> None:
     metrics = {
         f"trials_{s.lower()}": float(states.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL")
     }
-    metrics["epochs_trained"] = float(sum(len(t.intermediate_values) for t in trials))
+    metrics["epochs_trained"] = float(sum(_epochs(t) for t in trials))
     if len(names) == 1 and best:
         metrics[f"best_trial_{names[0]}"] = best[0].value
         recorder.log_tags({"search.best_trial": best[0].number})

@@ -139,13 +139,13 @@ class OptunaSearch:
                 state = self._tell(study, store, parent, trial, overrides, ret)
                 failed += state == "FAIL"
             to_go -= size
-            if failed > self.max_failure_rate * (self.n_trials - to_go):
+            if failed > self.max_failure_rate * self.n_trials:
                 log.error(
-                    "%d of %d trials failed, more than hydra.sweeper.max_failure_rate=%s: "
+                    "%d trials failed, more than hydra.sweeper.max_failure_rate=%s of %d: "
                     "the search stops",
                     failed,
-                    self.n_trials - to_go,
                     self.max_failure_rate,
+                    self.n_trials,
                 )
                 break
         report.record(study, _trials_of(study, parent), store.client, parent, self._names())

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # What a trial's child run says of it (tags), for the sweeper and for people browsing runs.
 TRIAL_TAG, STATE_TAG, PRUNED_AT_TAG = "optuna.trial", "optuna.state", "optuna.pruned_at_epoch"
+EPOCHS_ATTR = "epochs"  # a trial's user attribute: its epochs, where it reports none
 
 
 @dataclass(frozen=True)
