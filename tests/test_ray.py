@@ -119,17 +119,20 @@ def _checkpointed(run) -> bool:
     return (folder / "checkpoint" / "state.json").is_file()
 
 
-def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql(cluster, tmp_path):
-    """Optuna on the Ray launcher, trials in parallel, the study in PostgreSQL: two sweep
-    processes on one study add their trials to it, none lost."""
+def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql_and_prune(cluster, tmp_path):
+    """Optuna on the Ray launcher, trials in parallel on the cluster's nodes, the study in
+    PostgreSQL: two sweep processes on one study add their trials to it, none lost; the jobs
+    report each epoch to the study from their nodes, and its pruner stops some of them."""
     import optuna
 
     with postgres() as database:
         sweep = [
             sys.executable, "-m", "digitcnn.run", "-m", "hparams_search=optuna",
-            "hydra/launcher=ray", "dataset=digits", "trainer.epochs=1",
+            "hydra/launcher=ray", "dataset=digits", "trainer.epochs=3",
             f"hydra.sweeper.storage={database}", "hydra.sweeper.study_name=shared",
-            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+            # past its first epoch only a trial that is the best so far there
+            "hydra.sweeper.pruner.reduction_factor=100",
         ]  # fmt: skip
         env = cli_env(tmp_path) | {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
         run = {"cwd": tmp_path, "env": env, "stdout": subprocess.PIPE, "text": True}
@@ -139,10 +142,26 @@ def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql(cluster, tmp_pat
             assert proc.returncode == 0, output[-4000:]
         study = optuna.load_study(study_name="shared", storage=database)
         trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    states = sorted(t.state.name for t in trials)
+    assert len(trials) == 6 and {"COMPLETE", "PRUNED"} == set(states), states
     parents, children = children_and_parent(tmp_path)
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
-    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
-    # Each trial's value is its run's validation accuracy.
-    values = sorted(round(t.value, 6) for t in trials)
-    assert values == sorted(round(c.data.metrics["val_accuracy"], 6) for c in children)
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["optuna.state"] for c in children} == {"COMPLETE", "PRUNED"}
+    assert all("ray.node_id" in c.data.tags for c in children)
+    # Each trial's value is its run's last validation accuracy; each epoch was reported.
+    by_run = {c.info.run_id: c for c in children}
+    for trial in trials:
+        run = by_run[trial.user_attrs["mlflow.run_id"]]
+        assert run.data.tags["optuna.trial"] == str(trial.number)
+        assert (
+            len(trial.intermediate_values)
+            == len([k for k in trial.intermediate_values if k <= 3])
+            == (
+                3
+                if trial.state.name == "COMPLETE"
+                else int(run.data.tags["optuna.pruned_at_epoch"])
+            )
+        )
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(run.data.metrics["val_accuracy"])
