@@ -87,18 +87,6 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert parent.data.tags["best.run_id"] in {children[0].info.run_id, children[2].info.run_id}
 
 
-def test_optuna_sweep_runs_its_trials_as_children(tmp_path):
-    proc = run_cli(tmp_path, "-m", "hparams_search=optuna", *QUICK, "hydra.sweeper.n_trials=3")
-    assert proc.returncode == 0, failure_report(proc)
-    client, parent, children = sweep_runs(tmp_path)
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
-    assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
-    assert len(summary_table(client, parent)) == 3
-    lrs = {c.data.params["optimizer.lr"] for c in children}
-    assert len(lrs) == 3  # sampled, not fixed
-    assert "Best value" in proc.stderr + proc.stdout
-
-
 def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
     proc = run_cli(
         tmp_path,
