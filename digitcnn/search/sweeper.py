@@ -22,6 +22,7 @@ from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from digitcnn import stops
 from digitcnn.errors import InputError
 
 log = logging.getLogger("digitcnn.search")
@@ -127,13 +128,7 @@ class OptunaSearch:
                 trial.set_user_attr(SWEEP_ATTR, parent)
                 batch.append(trial)
             jobs = [space.overrides(t.params, fixed) for t in batch]
-            returns = self.launcher.launch(
-                [
-                    [*o, *self._trial_overrides(name, t.number)]
-                    for o, t in zip(jobs, batch, strict=True)
-                ],
-                initial_job_idx=job,
-            )
+            returns = self._launch(name, batch, jobs, job)
             job += len(returns)
             for trial, overrides, ret in zip(batch, jobs, returns, strict=True):
                 state = self._tell(study, store, parent, trial, overrides, ret)
@@ -216,6 +211,22 @@ class OptunaSearch:
         except KeyError:  # a new study
             done = 0
         return self.sampler(seed=seed + done)
+
+    def _launch(self, name: str, batch: list, jobs: list[list[str]], first_job: int) -> list:
+        """Run `batch`'s trials as jobs `first_job`... through the launcher. Stopped (Ctrl-C,
+        SIGTERM), its trials stay RUNNING, noted `stopped_by`: `resume=` runs them again."""
+        try:
+            return self.launcher.launch(
+                [
+                    [*overrides, *self._trial_overrides(name, trial.number)]
+                    for overrides, trial in zip(jobs, batch, strict=True)
+                ],
+                initial_job_idx=first_job,
+            )
+        except KeyboardInterrupt as exc:
+            for trial in batch:
+                trial.set_user_attr("stopped_by", stops.as_stopped(exc).name)
+            raise
 
     def _trial_overrides(self, name: str, number: int) -> list[str]:
         quoted = name.replace("\\", "\\\\").replace("'", "\\'")
