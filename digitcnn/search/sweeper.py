@@ -40,7 +40,7 @@ class OptunaSearch:
         self,
         sampler: Any,
         pruner: Any,
-        direction: str,
+        direction: str | None,
         second_objective: str | None,
         storage: str,
         study_name: str | None,
@@ -51,7 +51,7 @@ class OptunaSearch:
         trial: int | None = None,  # set in each job's config, never in the sweep's
     ) -> None:
         self.sampler, self.pruner = sampler, pruner
-        self.directions = [direction, *(["minimize"] if second_objective else [])]
+        self.direction = direction  # null: the objective's own (minimize for a loss)
         self.second_objective = second_objective
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs = n_trials, n_jobs
@@ -59,6 +59,7 @@ class OptunaSearch:
         self.params = params or {}
         self.config: DictConfig | None = None
         self.launcher = None
+        self.directions: list[str] = []  # set by `check`, from `objective` where not given
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -85,7 +86,7 @@ class OptunaSearch:
         config = self.config
         optuna.logging.disable_default_handler()  # its messages go through Hydra's logging
         optuna.logging.enable_propagation()
-        distributions, fixed, storage = self.check(arguments)
+        distributions, fixed, storage = self.check(arguments, config.objective)
         parent = parent_run_id(config.hydra.sweep.dir)
         if parent is None:
             raise InputError("the Optuna sweeper needs digitcnn's sweep callback (hydra.callbacks)")
@@ -146,12 +147,15 @@ class OptunaSearch:
         report.record(study, _trials_of(study, parent), store.client, parent, self._names())
         report.write_results(study, Path(config.hydra.sweep.dir), self._names())
 
-    def check(self, arguments: list[str]) -> tuple[dict, dict, Any]:
+    def check(self, arguments: list[str], objective: str) -> tuple[dict, dict, Any]:
         """Every setting checked and the study's database reached, or a one-line error naming
         the key; returns the search space (`space.parse`) and the storage."""
         from digitcnn.search import space
         from digitcnn.search.storage import checked_storage
+        from digitcnn.sweep_summary import LOWER_IS_BETTER
 
+        first = self.direction or ("minimize" if objective in LOWER_IS_BETTER else "maximize")
+        self.directions = [first, *(["minimize"] if self.second_objective else [])]
         self._check_values()
         distributions, fixed = space.parse(self.params, arguments)
         return distributions, fixed, checked_storage(self.storage)
@@ -261,7 +265,7 @@ def preflight(config: DictConfig) -> None:
 
     settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
     settings["_target_"] = f"{__name__}.OptunaSearch"
-    instantiate(settings).check(list(config.hydra.overrides.task))
+    instantiate(settings).check(list(config.hydra.overrides.task), config.objective)
 
 
 def _values(ret, run, second: str | None) -> list[float] | None:
