@@ -83,3 +83,36 @@ def test_bench_augment_compares_one_warp_with_the_keras_chain(tmp_path):
     sharpness = result["sharpness"]
     assert sharpness["original"] > sharpness["one_affine_warp"] > 0
     assert set(result["ms_per_batch"]) == {"one_affine_warp", "keras_chain"}
+
+
+@pytest.mark.slow
+def test_bench_gpu_prints_its_table_on_any_device(tmp_path):
+    """bench/gpu.py's smoke mode (digits, 2 epochs, the fast recipe and plain Keras on JAX):
+    the script that measures the GPU table runs, and every row has its figures."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gpu.py"),
+            "--smoke",
+            "--backends",
+            "jax",
+            "--recipes",
+            "fast",
+            "--out",
+            str(out),
+        ],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    runs = json.loads((out / "gpu.json").read_text())["runs"]
+    assert [(r["run"], r["cache"]) for r in runs] == [
+        ("fast", "cold"),
+        ("fast", "warm"),
+        ("plain Keras (2 epochs on digits)", "-"),
+    ]
+    assert all("error" not in r and r["test_accuracy"] > 0 for r in runs), runs
+    assert "| fast | jax | warm |" in (out / "gpu.md").read_text()
