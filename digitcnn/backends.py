@@ -39,6 +39,10 @@ def select_backend(name: str) -> None:
     """Make `name` Keras's backend: set before Keras is imported, or check that it is the one
     already imported (a process runs one backend; sweep backends with a launcher that starts a
     process per job)."""
+    if name in ("jax", "torch"):  # also a resumed run's recorded backend
+        from digitcnn.extras import require
+
+        require(name, f"backend={name}")
     if name == "jax":  # JAX looks for a TPU runtime and says so when there is none
         logging.getLogger("jax._src.xla_bridge").addFilter(_not_a_missing_tpu_notice)
     if "keras" not in sys.modules:

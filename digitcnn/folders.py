@@ -2,7 +2,8 @@
 
 Hydra creates a run's (or a sweep's) folder itself and answers a folder it cannot create with a
 traceback; this check runs first and answers with one line naming the key, like any other bad
-input. Hydra also writes the command's overrides and the config into that folder
+input; so is a command that needs an extra that is not installed (digitcnn.extras). Hydra
+also writes the command's overrides and the config into that folder
 (`.hydra/`), readable by every local user: a tracking URI that carries a password is refused
 here, before any of it is written.
 """
@@ -75,11 +76,25 @@ def check_no_password(config: DictConfig) -> None:
         sys.exit(2)
 
 
+def check_extras(config: DictConfig) -> None:
+    """Exit 2 with one line if the command needs an extra that is not installed."""
+    from digitcnn.errors import InputError
+    from digitcnn.extras import check_config
+
+    try:
+        check_config(config)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 class OutputFolderCheck(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_no_password(config)
+        check_extras(config)
         check_writable(Path(config.hydra.run.dir), "hydra.run.dir", config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_no_password(config)
+        check_extras(config)
         check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir", config)

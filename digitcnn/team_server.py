@@ -28,6 +28,9 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+from digitcnn.errors import InputError
+from digitcnn.extras import require
+
 REQUIRED_ENV = {
     "MLFLOW_AUTH_ADMIN_PASSWORD": "the admin user's password (used when the user store is new)",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "a long random string that signs the auth app's forms",
@@ -251,6 +254,10 @@ def _serve(cmd: list[str], env: dict[str, str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
+    try:
+        require("team", "python -m digitcnn.team_server")
+    except InputError as exc:
+        _fail(str(exc))
     store = _store(args)
     missing = [f"{key} ({what})" for key, what in REQUIRED_ENV.items() if not os.environ.get(key)]
     if missing:
