@@ -80,7 +80,7 @@ class OptunaSearch:
         import optuna
 
         from digitcnn import tracking
-        from digitcnn.search import report, space
+        from digitcnn.search import report
         from digitcnn.sweep import parent_run_id
 
         config = self.config
@@ -91,27 +91,41 @@ class OptunaSearch:
         if parent is None:
             raise InputError("the Optuna sweeper needs digitcnn's sweep callback (hydra.callbacks)")
         store = tracking.client_for(OmegaConf.to_object(config.tracking))
+        study = self._open_study(store, parent, storage)
+        self._run_trials(study, storage, store, parent, distributions, fixed)
+        report.record(study, _trials_of(study, parent), store.client, parent, self._names())
+        report.write_results(study, Path(config.hydra.sweep.dir), self._names())
+
+    def _open_study(self, store, parent: str, storage):
+        """The study (new, resumed or shared), named on the parent run."""
+        import optuna
+
+        from digitcnn import tracking
+
         name = self._study_name(store, parent)
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            sampler=self._sampler(storage, name, parent),
+            sampler=self._sampler(storage, name),
             pruner=self.pruner,
             directions=self.directions,
             load_if_exists=True,
         )
-        store.client.set_tag(parent, "optuna.study", name)
-        store.client.set_tag(parent, "optuna.storage", tracking.redact(self.storage))
-        store.client.set_tag(parent, "optuna.sampler", type(study.sampler).__name__)
-        store.client.set_tag(parent, "optuna.pruner", type(study.pruner).__name__)
-        log.info(
-            "study %r in %s: %s, %s, %s",
-            name,
-            tracking.redact(self.storage),
-            " and ".join(self.directions),
-            type(study.sampler).__name__,
-            type(study.pruner).__name__,
-        )
+        described = {
+            "optuna.study": name,
+            "optuna.storage": tracking.redact(self.storage),
+            "optuna.sampler": type(study.sampler).__name__,
+            "optuna.pruner": type(study.pruner).__name__,
+        }
+        for key, value in described.items():
+            store.client.set_tag(parent, key, value)
+        log.info("study %r in %s, %s", name, described["optuna.storage"], self.directions)
+        return study
+
+    def _run_trials(self, study, storage, store, parent: str, distributions, fixed) -> None:
+        """Trials `n_jobs` at a time until this search has `n_trials` (those of an earlier
+        attempt counted, its running ones run again first) or too many failed."""
+        from digitcnn.search import space
 
         mine = _trials_of(study, parent)
         again = [t for t in mine if t.state.name in ("RUNNING", "WAITING")]
@@ -129,11 +143,10 @@ class OptunaSearch:
                 trial.set_user_attr(SWEEP_ATTR, parent)
                 batch.append(trial)
             jobs = [space.overrides(t.params, fixed) for t in batch]
-            returns = self._launch(name, batch, jobs, job)
+            returns = self._launch(study.study_name, batch, jobs, job)
             job += len(returns)
             for trial, overrides, ret in zip(batch, jobs, returns, strict=True):
-                state = self._tell(study, store, parent, trial, overrides, ret)
-                failed += state == "FAIL"
+                failed += self._tell(study, store, parent, trial, overrides, ret) == "FAIL"
             to_go -= size
             if failed > self.max_failure_rate * self.n_trials:
                 log.error(
@@ -143,9 +156,7 @@ class OptunaSearch:
                     self.max_failure_rate,
                     self.n_trials,
                 )
-                break
-        report.record(study, _trials_of(study, parent), store.client, parent, self._names())
-        report.write_results(study, Path(config.hydra.sweep.dir), self._names())
+                return
 
     def check(self, arguments: list[str], objective: str) -> tuple[dict, dict, Any]:
         """Every setting checked and the study's database reached, or a one-line error naming
@@ -204,7 +215,7 @@ class OptunaSearch:
         folder = Path(self.config.hydra.sweep.dir)
         return f"{self.config.tracking.experiment}/{folder.parent.name}/{folder.name}"
 
-    def _sampler(self, storage, name: str, parent: str):
+    def _sampler(self, storage, name: str):
         """The configured sampler, its seed moved on by the trials the study already holds: a
         resumed or shared study does not draw its first trials again."""
         seed = self.sampler.keywords.get("seed")
