@@ -13,6 +13,7 @@ import math
 import shlex
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from digitcnn.config import TrackingConfig
 from digitcnn.disk import write_text_whole
 from digitcnn.errors import InputError
 from digitcnn.runtime import hide_secrets_in_logs
+from digitcnn.writer_lock import writing
 
 log = logging.getLogger("digitcnn.sweep")
 
@@ -97,6 +99,7 @@ class MlflowSweepCallback(Callback):
 
     def __init__(self) -> None:
         self._unhook: list = []
+        self._held = ExitStack()  # the sweep's writer lock, from start to end
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The Ray launcher logs its `ray.init` settings, credentials for the workers included.
@@ -130,10 +133,15 @@ class MlflowSweepCallback(Callback):
             from digitcnn.search.sweeper import preflight
 
             preflight(config)  # its database reached, its space parsed: before the parent opens
+        # One process writes a sweep at a time: the lock is on its first folder, which a
+        # resumed attempt names (its own folder is new).
         if config.resume:
             run_id = _sweep_to_resume(store, config.resume)
+            first = Path(store.client.get_run(run_id).data.tags["sweep.dir"])
+            self._held.enter_context(writing(first, f"resume={config.resume}"))
             tracking.reopen_parent_run(store, run_id)
         else:
+            self._held.enter_context(writing(sweep_dir, "hydra.sweep.dir"))
             run_id = tracking.open_parent_run(store, name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_text_whole(sweep_dir / PARENT_RUN_FILE, run_id)
@@ -144,6 +152,10 @@ class MlflowSweepCallback(Callback):
         log.info("sweep parent run %s (%s)", run_id, name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        with self._held:  # released once the parent run is closed
+            self._close_parent(config)
+
+    def _close_parent(self, config: DictConfig) -> None:
         from digitcnn import tracking
 
         for unhook in self._unhook:

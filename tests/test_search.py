@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import cli_env, client_for, failure_report, run_cli
+from tests.conftest import cli_env, client_for, failure_report, run_cli, start_cli
 
 # Digits, 3 epochs; successive halving with a reduction factor this large lets a trial past
 # its first epoch only when it is the best so far there: trial 0 completes, most others stop.
@@ -97,7 +97,7 @@ def test_a_search_prunes_hopeless_trials_and_records_each_as_a_child_run(tmp_pat
 def test_a_killed_search_resumes_its_study(tmp_path):
     """SIGKILL a search while its second trial trains, then start it again with `resume=`: the
     finished trial is not run again, the interrupted one goes on from its checkpoint under its
-    own number, and the search ends with its 3 trials."""
+    own number, and the search ends with its 3 trials; a second resumer meanwhile is refused."""
     search = [*SEARCH, "trainer.epochs=12", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
     killed = subprocess.Popen(
         [sys.executable, "-m", "digitcnn.run", "-m", *search],
@@ -124,9 +124,19 @@ def test_a_killed_search_resumes_its_study(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"], trials
 
     (folder,) = (tmp_path / "multirun").glob("*/*")
-    proc = run_cli(tmp_path, "-m", *search, f"resume={folder}")
-    assert proc.returncode == 0, failure_report(proc)
-    assert "resuming: 1 trials ended, 1 to run again" in proc.stdout + proc.stderr
+    resumed = start_cli(tmp_path, "-m", *search, f"resume={folder}")
+    output = ""
+    while "resuming: 1 trials ended, 1 to run again" not in output:
+        line = resumed.stdout.readline()
+        assert line, output
+        output += line
+    # A second process resuming the same search meanwhile is refused, and changes nothing.
+    second = run_cli(tmp_path, "-m", *search, f"resume={folder}")
+    assert second.returncode == 2, failure_report(second)
+    (line,) = [ln for ln in second.stdout.splitlines() if "error:" in ln]
+    assert f"resume={folder}: the run in {folder} is being written by process {resumed.pid}" in line
+    output += resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output[-4000:]
 
     after = _study(tmp_path).get_trials(deepcopy=False)
     assert [t.state.name for t in after] == ["COMPLETE"] * 3
