@@ -101,6 +101,10 @@ class MlflowSweepCallback(Callback):
         self._unhook: list = []
         self._held = ExitStack()  # the sweep's writer lock, from start to end
 
+    def __getstate__(self) -> dict:
+        """Launchers (joblib, Ray) send the callbacks to their workers: the lock stays here."""
+        return self.__dict__ | {"_held": ExitStack()}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The Ray launcher logs its `ray.init` settings, credentials for the workers included.
         hide_secrets_in_logs("hydra_plugins.hydra_ray_launcher._launcher_util")
