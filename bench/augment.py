@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from digitcnn import paths
-from digitcnn.runtime import import_keras_quietly
+from digitcnn.core import paths
+from digitcnn.core.runtime import import_keras_quietly
 
 
 def sharpness(images: np.ndarray) -> float:
@@ -49,7 +49,7 @@ def main() -> None:
     import keras
     from keras import layers
 
-    from digitcnn.augment import RandomAffine
+    from digitcnn.models.augment import RandomAffine
 
     if args.digits:
         from sklearn.datasets import load_digits

@@ -5,7 +5,7 @@
         dataset.path=/data/other_digits.npz
 
 Who registered the model and from which run is said first; from a server with users, a model
-by someone else loads only with `trust=[THEIR_NAME]` (see digitcnn.provenance).
+by someone else loads only with `trust=[THEIR_NAME]` (see digitcnn.team.provenance).
 The evaluation run records accuracy, loss and macro F1 (also on the logged model's page),
 the confusion matrix, the misclassified images and the per-class report, with tags naming
 the model and the run that trained it. A dataset whose images the model cannot take is one
@@ -22,11 +22,11 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn import paths
-from digitcnn.backends import select_backend
-from digitcnn.config import EvaluateConfig, register_configs, to_typed
-from digitcnn.errors import InputError
-from digitcnn.runtime import import_keras_quietly
+from digitcnn.core import paths
+from digitcnn.core.config import EvaluateConfig, register_configs, to_typed
+from digitcnn.core.errors import InputError
+from digitcnn.core.runtime import import_keras_quietly
+from digitcnn.training.backends import select_backend
 
 register_configs()
 log = logging.getLogger("digitcnn")
@@ -54,10 +54,12 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     select_backend(typed.backend)
     import_keras_quietly()
 
-    from digitcnn import plots, provenance, tracking
+    from digitcnn import tracking
     from digitcnn.data import load_dataset
-    from digitcnn.evaluation import evaluate
-    from digitcnn.serving import input_image_shape
+    from digitcnn.evaluation import figures
+    from digitcnn.evaluation.metrics import evaluate
+    from digitcnn.serving.pyfunc import input_image_shape
+    from digitcnn.team import provenance
 
     store = tracking.preflight(typed.tracking)
     found = provenance.check(typed.model_uri, typed.tracking.uri, typed.trust, "trust=[{}]")
@@ -98,8 +100,8 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
         recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
         recorder.log_files(
             {
-                "confusion_matrix.png": plots.confusion_figure(scores.confusion, scores.accuracy),
-                "misclassified.png": plots.misclassified_figure(
+                "confusion_matrix.png": figures.confusion_figure(scores.confusion, scores.accuracy),
+                "misclassified.png": figures.misclassified_figure(
                     data.x_test, data.y_test, scores.predicted
                 ),
                 "classification_report.json": scores.report,

@@ -5,11 +5,12 @@
 
 `model` is an MLflow model URI (`runs:/…`, `models:/NAME@alias`, `models:/NAME/VERSION`) or a
 local model folder; `inputs` image files and/or folders (comma-separated). Each image is
-prepared as MNIST was (see digitcnn.images). Files that are not images, images over
-digitcnn.images.MAX_PIXELS pixels and blank images are reported and skipped. `tracking_uri`
-defaults to MLFLOW_TRACKING_URI, else the project's SQLite store. Who registered the model and
-from which run is said first; from a server with users, a model by someone else loads only
-with `trust=THEIR_NAME` (comma-separated; `*` for anyone): see digitcnn.provenance.
+prepared as MNIST was (see digitcnn.serving.image_input). Files that are not images, images
+over digitcnn.serving.image_input.MAX_PIXELS pixels and blank images are reported and skipped.
+`tracking_uri` defaults to MLFLOW_TRACKING_URI, else the project's SQLite store. Who
+registered the model and from which run is said first; from a server with users, a model by
+someone else loads only with `trust=THEIR_NAME` (comma-separated; `*` for anyone): see
+digitcnn.team.provenance.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from digitcnn import paths
-from digitcnn.images import NoInkError, NotAnImageError, load_image, to_mnist
+from digitcnn.core import paths
+from digitcnn.serving.image_input import NoInkError, NotAnImageError, load_image, to_mnist
 
 USAGE = (
     "usage: python -m digitcnn.predict model=<runs:/ID/model | models:/NAME@ALIAS | folder> "
@@ -102,9 +103,9 @@ def not_a_regular_file(path: Path) -> str | None:
 def load_model(uri: str, tracking_uri: str | None, trust: list[str] = ()):
     """The pyfunc model at `uri`, and the (height, width) its signature takes; who made it is
     said first (on stderr), and a model by someone not trusted is refused."""
-    from digitcnn import provenance
-    from digitcnn.errors import InputError
-    from digitcnn.runtime import import_keras_quietly, mlflow_defaults
+    from digitcnn.core.errors import InputError
+    from digitcnn.core.runtime import import_keras_quietly, mlflow_defaults
+    from digitcnn.team import provenance
 
     import_keras_quietly()
     mlflow_defaults()
@@ -128,7 +129,7 @@ def load_model(uri: str, tracking_uri: str | None, trust: list[str] = ()):
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MLflow's errors for unknown runs, names and folders vary
         raise SystemExit(f"error: model={uri!r} could not be loaded: {exc}") from None
-    from digitcnn.serving import input_image_shape
+    from digitcnn.serving.pyfunc import input_image_shape
 
     return model, input_image_shape(model)
 

@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from digitcnn import paths, stops
-from digitcnn.config import register_configs
-from digitcnn.disk import is_disk_full
-from digitcnn.errors import InputError
+from digitcnn.core import paths, stops
+from digitcnn.core.config import register_configs
+from digitcnn.core.disk import is_disk_full
+from digitcnn.core.errors import InputError
 
 register_configs()
 # conf/hydra/launcher/ray.yaml sets the Ray launcher's defaults and is checked against the
@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """The command: `main`, then a quick exit once everything is written.
 
-    A stop signal (Ctrl-C, SIGTERM, SIGHUP; see digitcnn.stops) ends the open run (and a
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP; see digitcnn.core.stops) ends the open run (and a
     sweep's) KILLED, prints one line saying how to go on, and exits with 128 + the signal.
 
     After the run, the atexit handlers (MLflow's, logging's) run, the other threads are joined

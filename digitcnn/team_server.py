@@ -8,7 +8,7 @@ itself, users and permissions from MLflow's basic-auth app, its tables in the sa
 
 This writes the auth app's settings (database, default permission READ, admin user name) to a
 private temporary folder, removed when the server stops, and runs `mlflow server --app-name
-digitcnn-team` (MLflow's basic-auth app with owned names and provenance: digitcnn.team_app)
+digitcnn-team` (MLflow's basic-auth app with owned names and provenance: digitcnn.team.app)
 with them in a process group of its own, which ends as a whole: on SIGTERM,
 SIGINT or SIGHUP within STOP_SECONDS, and also when this process is killed. No secret is
 on a command line. See docs/team.md for users, permissions and clients.
@@ -28,8 +28,8 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from digitcnn.errors import InputError
-from digitcnn.extras import require
+from digitcnn.core.errors import InputError
+from digitcnn.core.extras import require
 
 REQUIRED_ENV = {
     "MLFLOW_AUTH_ADMIN_PASSWORD": "the admin user's password (used when the user store is new)",

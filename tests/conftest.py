@@ -28,7 +28,7 @@ for _name in [n for n in os.environ if n.startswith(("MLFLOW_", "KERAS_", "DIGIT
     del os.environ[_name]
 # The commands the tests start take Ctrl-C as from a terminal, however the suite was started:
 # a background job of a non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and a
-# command keeps a signal ignored at its start (digitcnn.stops, as `nohup`).
+# command keeps a signal ignored at its start (digitcnn.core.stops, as `nohup`).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 # Matplotlib's font cache is shared by the session's processes: not the user's, built once.
@@ -38,8 +38,8 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from digitcnn import paths  # noqa: E402
-from digitcnn.config import register_configs  # noqa: E402
+from digitcnn.core import paths  # noqa: E402
+from digitcnn.core.config import register_configs  # noqa: E402
 from digitcnn.tracking.recording import SERVICE as RECORDER_SERVICE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitcnn import backends
-from digitcnn.config import TrainerConfig, to_typed
+from digitcnn.core.config import TrainerConfig, to_typed
+from digitcnn.core.errors import ConfigValueError
 from digitcnn.data import mnist as mnist_source
-from digitcnn.errors import ConfigValueError
+from digitcnn.training import backends
 from tests.conftest import client_for, failure_report, run_cli, runs_of
 
 TUNED = TrainerConfig(

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from digitcnn import paths
+from digitcnn.core import paths
 from tests.conftest import client_for, failure_report, run_cli, runs_of
 
 EPOCHS = 2

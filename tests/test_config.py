@@ -10,8 +10,8 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from digitcnn import config, paths
-from digitcnn.config import ConfigValueError, to_typed
+from digitcnn.core import config, paths
+from digitcnn.core.config import ConfigValueError, to_typed
 from tests.conftest import REPO, cli_env
 
 GROUP_OPTIONS = [
@@ -185,5 +185,5 @@ def test_configs_are_found_after_pip_install(tmp_path):
 
     out = installed("-m", "digitcnn.run", "experiment=quick", "--cfg", "job")
     assert "name: digits" in out and "experiment: quick" in out
-    where = installed("-c", "from digitcnn import paths; print(paths.config_dir())")
+    where = installed("-c", "from digitcnn.core import paths; print(paths.config_dir())")
     assert where.strip() == str(site / "digitcnn" / "conf")

@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from digitcnn import tracking
-from digitcnn.config import TrackingConfig
+from digitcnn.core.config import TrackingConfig
 from tests.conftest import (
     ON_LINUX,
     cli_env,
@@ -330,13 +330,15 @@ def test_the_training_side_of_a_single_run_imports_no_mlflow(tmp_path):
     recorder process."""
     training_side = (
         "digitcnn.job",
-        "digitcnn.debug",
-        "digitcnn.training",
-        "digitcnn.plots",
+        "digitcnn.training.debug",
+        "digitcnn.training.fit",
+        "digitcnn.evaluation.figures",
         "digitcnn.tracking.callback",
         "digitcnn.tracking.describe",
         "digitcnn.tracking.files",
+        "digitcnn.tracking.job_record",
         "digitcnn.tracking.recording",
+        "digitcnn.training.epochs",
     )
     code = f"import sys, {', '.join(training_side)}; print('mlflow' in sys.modules)"
     check = subprocess.run(

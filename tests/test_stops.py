@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from digitcnn.checkpoint import read_checkpoint
-from digitcnn.stops import GRACE_SECONDS
+from digitcnn.core.stops import GRACE_SECONDS
+from digitcnn.training.checkpoint import read_checkpoint
 from tests.conftest import (
     failure_report,
     only_run,

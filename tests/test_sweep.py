@@ -110,8 +110,8 @@ def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
 def test_two_sweeps_started_together_get_their_own_folders(tmp_path):
     code = (
         "from hydra import compose, initialize_config_dir\n"
-        "from digitcnn import paths\n"
-        "from digitcnn.config import register_configs\n"
+        "from digitcnn.core import paths\n"
+        "from digitcnn.core.config import register_configs\n"
         "register_configs()\n"
         "with initialize_config_dir(str(paths.config_dir()), version_base='1.3'):\n"
         "    print(compose('config', return_hydra_config=True).hydra.sweep.dir)\n"

@@ -603,7 +603,7 @@ def test_guessing_a_password_is_cut_short_for_that_user_from_that_address(team):
     """Five wrong passwords for carol within a minute: the next attempts from this address
     are refused (429, Retry-After), the right password too, whichever worker answers; bob is
     not affected."""
-    from digitcnn.team_app import THROTTLE_LIMIT, THROTTLE_SECONDS
+    from digitcnn.team.app import THROTTLE_LIMIT, THROTTLE_SECONDS
 
     team.add_user("carol", "carol-password-2718")
     assert _status_as(team, "carol", "carol-password-2718") == (200, None)

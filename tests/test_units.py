@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitcnn.config import AdamConfig, CNNConfig, SGDConfig
-from digitcnn.evaluation import evaluate
+from digitcnn.core.config import AdamConfig, CNNConfig, SGDConfig
+from digitcnn.evaluation.metrics import evaluate
 from digitcnn.tracking import flatten, redact
 
 
 @pytest.mark.parametrize(("shape", "classes"), [((28, 28, 1), 10), ((8, 8, 1), 10)])
 def test_model_takes_shape_and_classes_from_the_dataset(shape, classes):
-    from digitcnn.model import build_cnn
+    from digitcnn.models.families import build_cnn
 
     model = build_cnn(CNNConfig(), shape, classes)
     assert model.input_shape == (None, *shape)
@@ -20,7 +20,7 @@ def test_model_takes_shape_and_classes_from_the_dataset(shape, classes):
 
 
 def test_reference_architecture_layers_in_order():
-    from digitcnn.model import build_cnn
+    from digitcnn.models.families import build_cnn
 
     model = build_cnn(CNNConfig(filters=[32, 64]), (28, 28, 1), 10)
     kinds = [type(layer).__name__ for layer in model.layers[1:]]
@@ -29,7 +29,7 @@ def test_reference_architecture_layers_in_order():
 
 
 def test_blocks_stack_several_convolutions_before_pooling():
-    from digitcnn.model import build_cnn
+    from digitcnn.models.families import build_cnn
 
     model = build_cnn(CNNConfig(filters=[16, 32], convs_per_block=2), (28, 28, 1), 10)
     convs = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
@@ -45,7 +45,7 @@ def _centre_of_mass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_augmentation_warps_in_training_only_within_its_limits():
-    from digitcnn.augment import RandomAffine
+    from digitcnn.models.augment import RandomAffine
 
     images = np.zeros((64, 28, 28, 1), np.float32)
     images[:, 10:18, 12:16] = 1.0  # a bar in the middle
@@ -69,7 +69,7 @@ def test_augmentation_warps_in_training_only_within_its_limits():
 def test_augmented_model_saves_and_loads(tmp_path):
     import keras
 
-    from digitcnn.model import build_cnn
+    from digitcnn.models.families import build_cnn
 
     cfg = CNNConfig(filters=[8], augment_rotation=10, augment_shift=0.1, augment_zoom=0.1)
     model = build_cnn(cfg, (28, 28, 1), 10)
@@ -83,8 +83,8 @@ def test_augmented_model_saves_and_loads(tmp_path):
 def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32():
     import keras
 
-    from digitcnn.model import build_cnn
-    from digitcnn.training import set_precision
+    from digitcnn.models.families import build_cnn
+    from digitcnn.training.fit import set_precision
 
     try:
         set_precision("mixed_bfloat16")
@@ -97,7 +97,7 @@ def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
-    from digitcnn.optim import learning_rate
+    from digitcnn.models.optimizers import learning_rate
 
     schedule = learning_rate(
         AdamConfig(lr=0.01, schedule="cosine", warmup_epochs=1, final_lr_fraction=0.1),
@@ -113,7 +113,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_constant_rate_is_a_plain_float_as_the_reference():
-    from digitcnn.optim import build_optimizer, learning_rate
+    from digitcnn.models.optimizers import build_optimizer, learning_rate
 
     assert learning_rate(AdamConfig(lr=0.002), 10, 5) == 0.002
     assert type(build_optimizer(SGDConfig(), 10, 5)).__name__ == "SGD"
@@ -153,7 +153,7 @@ def test_a_ctrl_c_swallowed_mid_epoch_still_stops_training_at_its_end():
     import signal
     import time
 
-    from digitcnn.training import StopOnInterrupt
+    from digitcnn.training.fit import StopOnInterrupt
 
     stop = StopOnInterrupt()
     before = signal.getsignal(signal.SIGINT)
@@ -170,8 +170,8 @@ def test_a_ctrl_c_swallowed_mid_epoch_still_stops_training_at_its_end():
 
 HELD_STOP = """
 import os, signal, sys, time
-from digitcnn import stops
-from digitcnn.training import StopOnInterrupt
+from digitcnn.core import stops
+from digitcnn.training.fit import StopOnInterrupt
 
 stops.install()
 done = []
@@ -205,9 +205,9 @@ def test_torch_backend_refuses_several_batches_per_call_before_anything_runs(mon
     the backend's name is the one thing faked. The error comes before torch is imported."""
     import keras
 
-    from digitcnn.config import TrainerConfig
-    from digitcnn.errors import ConfigValueError
-    from digitcnn.training import configure_backend
+    from digitcnn.core.config import TrainerConfig
+    from digitcnn.core.errors import ConfigValueError
+    from digitcnn.training.fit import configure_backend
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(ConfigValueError, match=r"trainer\.steps_per_execution=16 .* torch"):
@@ -217,8 +217,8 @@ def test_torch_backend_refuses_several_batches_per_call_before_anything_runs(mon
 def test_jax_backend_says_threads_are_not_applied(monkeypatch, caplog):
     import keras
 
-    from digitcnn.config import TrainerConfig
-    from digitcnn.training import configure_backend
+    from digitcnn.core.config import TrainerConfig
+    from digitcnn.training.fit import configure_backend
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     configure_backend(TrainerConfig(), seed=0, threads=(2, 1))
@@ -231,8 +231,8 @@ def test_recalibration_sets_the_statistics_evaluation_sees_and_touches_nothing_e
     weights and dropout are as before."""
     import keras
 
-    from digitcnn.batchnorm import recalibrate
-    from digitcnn.model import build_cnn
+    from digitcnn.models.families import build_cnn
+    from digitcnn.training.batchnorm import recalibrate
 
     model = build_cnn(CNNConfig(filters=[4, 6], dropout=0.5), (8, 8, 1), 10)
     images = np.random.default_rng(0).random((700, 8, 8, 1)).astype(np.float32)
@@ -257,10 +257,10 @@ def test_short_runs_validate_with_recalibrated_statistics():
     start and validation is near chance; recomputed statistics show what was learned."""
     import keras
 
-    from digitcnn.config import DigitsConfig, TrainerConfig
+    from digitcnn.core.config import DigitsConfig, TrainerConfig
     from digitcnn.data import load_dataset
-    from digitcnn.model import build_cnn
-    from digitcnn.training import train
+    from digitcnn.models.families import build_cnn
+    from digitcnn.training.fit import train
 
     data = load_dataset(DigitsConfig(), seed=0)
     accuracy = {}
@@ -279,7 +279,7 @@ def test_training_batches_take_a_new_order_every_epoch_and_the_same_orders_for_a
     seed was set; each epoch (a new pass over the batches) must be shuffled anew."""
     import keras
 
-    from digitcnn.batching import training_batches
+    from digitcnn.training.batching import training_batches
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the tf.data pipeline is TensorFlow's")
@@ -301,11 +301,11 @@ def test_training_batches_take_a_new_order_every_epoch_and_the_same_orders_for_a
 def test_the_last_validation_is_the_trained_models_answer():
     """With dataset.val_size=0 a run takes its last validation's probabilities as the test
     set's: they must be what the trained model answers for the test images."""
-    from digitcnn.batching import predict_probabilities
-    from digitcnn.config import DigitsConfig, TrainerConfig
+    from digitcnn.core.config import DigitsConfig, TrainerConfig
     from digitcnn.data import load_dataset
-    from digitcnn.model import build_cnn
-    from digitcnn.training import train
+    from digitcnn.models.families import build_cnn
+    from digitcnn.training.batching import predict_probabilities
+    from digitcnn.training.fit import train
 
     data = load_dataset(DigitsConfig(val_size=0), seed=0)
     model = build_cnn(CNNConfig(), data.input_shape, data.num_classes)
@@ -320,7 +320,7 @@ def test_the_last_validation_is_the_trained_models_answer():
     [(10000, 1024, 1000), (5000, 256, 250), (180, 256, 180), (997, 512, 512), (0, 64, 1)],
 )
 def test_even_batches_divide_the_images_when_a_size_close_enough_does(count, largest, size):
-    from digitcnn.batching import even_batch
+    from digitcnn.training.batching import even_batch
 
     assert even_batch(count, largest) == size
 
@@ -330,7 +330,7 @@ def test_secret_settings_are_masked_in_log_lines(caplog):
     tracking server's password to the workers: the value never reaches a log line."""
     import logging
 
-    from digitcnn.runtime import hide_secrets_in_logs
+    from digitcnn.core.runtime import hide_secrets_in_logs
 
     hide_secrets_in_logs("test.secrets")
     secrets = {"MLFLOW_TRACKING_PASSWORD": "s3cret pass", "API_TOKEN": "t0k"}
@@ -387,7 +387,7 @@ def test_a_channel_message_arriving_in_pieces_is_read_whole_once_complete():
 def test_the_team_app_refuses_others_names_and_forged_records(
     endpoint, fields, user, is_admin, refused
 ):
-    from digitcnn.team_app import refusal
+    from digitcnn.team.app import refusal
 
     reason = refusal(endpoint, fields, user, is_admin)
     assert (reason is None) if refused is None else (refused in reason), reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from digitcnn.data import mnist as mnist_source
-from digitcnn.images import to_mnist
+from digitcnn.serving.image_input import to_mnist
 from tests.conftest import cli_env, client_for, failure_report, free_port, run_cli, serving
 
 
@@ -309,3 +310,40 @@ def test_evaluate_records_a_model_on_mnist_and_on_other_digit_images(mnist_run, 
     assert digits.returncode == 2
     (line,) = [ln for ln in digits.stderr.splitlines() if ln.startswith("error:")]
     assert "takes 28x28 images; dataset 'digits'" in line and "has 8x8" in line, line
+
+
+def test_a_model_logged_before_the_stage_folders_still_loads_and_predicts(tmp_path):
+    """A pyfunc logged by digitcnn's flat layout (its script imports `digitcnn.serving`, its
+    Keras file names `digitcnn>RandomAffine`) loads in a process that imported today's
+    digitcnn first, as predict and evaluate do, and answers as it did when it was logged."""
+    import tarfile
+
+    with tarfile.open(
+        Path(__file__).parent / "fixtures" / "model_logged_before_stage_folders.tar.gz"
+    ) as tar:
+        tar.extractall(tmp_path, filter="data")
+    model_dir = tmp_path / "model"
+    expected = json.loads((tmp_path / "expected.json").read_text())["probabilities"]
+    load = (
+        "import json, sys, numpy as np, digitcnn.predict, mlflow\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "example = np.asarray(json.load(open(sys.argv[2])), dtype=np.float32)\n"
+        "print(json.dumps(np.asarray(model.predict(example)).tolist()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", load, str(model_dir), str(model_dir / "input_example.json")],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+    example = np.asarray(json.loads((model_dir / "input_example.json").read_text()))
+    Image.fromarray(example[0].astype(np.uint8)).save(tmp_path / "digit.png")
+    proc = predict_cli(tmp_path, f"model={model_dir}", f"inputs={tmp_path / 'digit.png'}", "--json")
+    assert proc.returncode == 0, failure_report(proc)
+    (answer,) = json.loads(proc.stdout)
+    assert answer["digit"] in range(10)

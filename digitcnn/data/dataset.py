@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from digitcnn.config import DatasetConfig
+from digitcnn.core.config import DatasetConfig
 from digitcnn.data.digits import PIXEL_MAX as DIGITS_PIXEL_MAX
 from digitcnn.data.digits import load_digits
 from digitcnn.data.formats import KERAS_KEYS, Arrays
-from digitcnn.data.images import load_images
+from digitcnn.data.image_folder import load_images
 from digitcnn.data.mnist import load_mnist
 
 # name -> (loader returning uint8 Keras-layout arrays, their origin and content digests; the

@@ -16,8 +16,8 @@ from typing import IO, ClassVar
 
 import numpy as np
 
-from digitcnn.disk import written_whole
-from digitcnn.errors import DataError
+from digitcnn.core.disk import written_whole
+from digitcnn.core.errors import DataError
 
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IDX_FILES = {

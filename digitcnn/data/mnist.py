@@ -19,7 +19,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from digitcnn.config import MnistConfig
+from digitcnn.core.config import MnistConfig
+from digitcnn.core.errors import DataError
 from digitcnn.data.formats import (
     Arrays,
     content_digest,
@@ -28,7 +29,6 @@ from digitcnn.data.formats import (
     read_npz,
     write_npz_atomic,
 )
-from digitcnn.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,10 @@ callback and hands its records to a recorder.
 - recording: a single run's recorder in a second process, so that MLflow's imports and calls
   overlap the training process's (see `RecorderProcess`); service: that process's side;
 - callback: the per-epoch Keras callback; files: artifacts written to a folder;
-- sweeps: a sweep's parent run, its children, failed jobs and the champion alias.
+- resume: the config and checkpoint a resumed or repeated run starts from;
+- ended_early: the one line a run that could not finish leaves its user.
+
+A sweep's records (its parent run and children) are in `digitcnn.sweeps.records`.
 
 Names are imported from their module on first use: `from digitcnn.tracking import redact`
 does not import MLflow (~1.5 s), `from digitcnn.tracking import Recorder` does.
@@ -33,21 +36,6 @@ _HOMES = {
     "runs": ("Recorder", "tracked_run"),
     "callback": ("EpochMetricsLogger",),
     "recording": ("RecorderProcess",),
-    "sweeps": (
-        "CHAMPION",
-        "earlier_attempt",
-        "end_parent_run",
-        "find_parent_run",
-        "has_child",
-        "open_parent_run",
-        "record_failed_run",
-        "reopen_parent_run",
-        "running_jobs",
-        "set_champion",
-        "stop_sweep",
-        "supersede",
-        "sweep_records",
-    ),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = sorted(_MODULE_OF)

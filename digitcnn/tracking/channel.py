@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 _HEADER = 8  # bytes of length before each message
-_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # see digitcnn.stops
+_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # see digitcnn.core.stops
 
 
 class ChannelClosed(EOFError):

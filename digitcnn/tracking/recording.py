@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from digitcnn.config import TrackingConfig
-from digitcnn.errors import RecorderGone
-from digitcnn.stops import GRACE_SECONDS, held, shield
+from digitcnn.core.config import TrackingConfig
+from digitcnn.core.errors import RecorderGone
+from digitcnn.core.stops import GRACE_SECONDS, held, shield
 from digitcnn.tracking.channel import Channel, ChannelClosed
 from digitcnn.tracking.files import write_files
 
@@ -301,7 +301,7 @@ class RemoteRecorder:
 def _outcome(error: BaseException | None) -> BaseException | None:
     """What the recorder needs to know of the error that ended the work: a stop (KILLED),
     the server's absence (nothing more to write) or any other (FAILED, traceback logged)."""
-    from digitcnn.errors import TrackingUnavailable
+    from digitcnn.core.errors import TrackingUnavailable
 
     if error is None:
         return None
@@ -315,7 +315,7 @@ def _outcome(error: BaseException | None) -> BaseException | None:
 def _handed_over(write: Callable[[Path], None]) -> tuple[Path, Callable[[], None]]:
     """A new temporary folder filled by `write`, and what removes it once the recorder has
     read it (at once if `write` fails). A stop waits for `write` (Keras files: see
-    digitcnn.stops.held)."""
+    digitcnn.core.stops.held)."""
     folder = Path(tempfile.mkdtemp(prefix="digitcnn-"))
     try:
         with held():

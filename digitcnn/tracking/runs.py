@@ -23,8 +23,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 
-from digitcnn.errors import InputError, TrackingUnavailable
-from digitcnn.stops import held
+from digitcnn.core.errors import InputError, TrackingUnavailable
+from digitcnn.core.stops import held
 from digitcnn.tracking.files import write_files
 from digitcnn.tracking.store import Store, refusal
 
@@ -263,7 +263,7 @@ class Recorder:
         takes `details` after the file."""
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
-            with held():  # see digitcnn.stops.held
+            with held():  # see digitcnn.core.stops.held
                 model.save(keras_file)
             self.log_keras_file(keras_file, *details)
 
@@ -276,21 +276,22 @@ class Recorder:
         requirements: list[str],
         register_as: str | None = None,
     ) -> None:
-        """A saved Keras model as a pyfunc over raw pixel images (see digitcnn.serving), with
+        """A saved Keras model as a pyfunc over raw pixel images (see digitcnn.serving.pyfunc), with
         signature and input example (`probabilities`: the model's answer to `example`);
         registered as a version of `register_as` if given. MLflow loads the logged model back
         and runs the example through it, so Keras must be importable here."""
         from mlflow.models import infer_signature
 
-        from digitcnn import paths, serving
+        from digitcnn.core import paths
+        from digitcnn.serving import pyfunc
 
         if self._package_scan is not None:
             self._package_scan.join()
         self._call(
             mlflow.pyfunc.log_model,
             name="model",
-            python_model=str(paths.PACKAGE_DIR / "logged_model.py"),  # code, no pickle
-            artifacts={serving.KERAS_ARTIFACT: str(keras_file)},
+            python_model=str(paths.PACKAGE_DIR / "serving" / "logged_model.py"),  # code, no pickle
+            artifacts={pyfunc.KERAS_ARTIFACT: str(keras_file)},
             model_config={"pixel_max": pixel_max},
             signature=infer_signature(example, probabilities),
             input_example=example,
@@ -346,8 +347,8 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
     traceback.txt. After an outage past the limit nothing more can be written and the run
     waits for `resume=`; `TrackingUnavailable` is raised then. `recorder.ended` says how the
     run was ended (None: it could not be, and stays open for `resume=`)."""
-    from digitcnn.disk import is_disk_full
-    from digitcnn.stops import GRACE_SECONDS, shield
+    from digitcnn.core.disk import is_disk_full
+    from digitcnn.core.stops import GRACE_SECONDS, shield
 
     status = "FAILED"
     disk_full = is_disk_full(error)

@@ -80,7 +80,7 @@ def _portable(exc: BaseException) -> BaseException:
     text; with this process's traceback as a note, for `hydra.verbose=true`."""
     import pickle
 
-    from digitcnn.errors import InputError
+    from digitcnn.core.errors import InputError
 
     if not isinstance(exc, InputError):  # a user's error is one line; a bug, the whole story
         exc.add_note("in the recorder process:\n" + "".join(traceback.format_exception(exc)))
@@ -110,7 +110,7 @@ class RecorderService:
         import_store_modules(cfg.uri)
         self.store = preflight(cfg)
         if load_keras:
-            from digitcnn.runtime import import_keras_quietly
+            from digitcnn.core.runtime import import_keras_quietly
 
             self._keras = threading.Thread(target=import_keras_quietly, name="keras-import")
             self._keras.start()

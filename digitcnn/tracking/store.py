@@ -20,10 +20,10 @@ from filelock import FileLock
 from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
-from digitcnn import paths
-from digitcnn.config import TrackingConfig, is_server
-from digitcnn.errors import InputError
-from digitcnn.runtime import mlflow_defaults
+from digitcnn.core import paths
+from digitcnn.core.config import TrackingConfig, is_server
+from digitcnn.core.errors import InputError
+from digitcnn.core.runtime import mlflow_defaults
 from digitcnn.tracking.describe import redact, sqlite_path
 
 mlflow_defaults()  # before MLflow reads its settings: no bars, no URL, short retries

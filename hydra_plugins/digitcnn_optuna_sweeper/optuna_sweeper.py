@@ -1,5 +1,5 @@
 """The Hydra sweeper `hydra/sweeper=optuna` (conf/hydra/sweeper/optuna.yaml): an Optuna search
-with pruning, on the current Optuna. The work is done in digitcnn.search; this module stays
+with pruning, on the current Optuna. The work is done in digitcnn.sweeps.search; this module stays
 light because Hydra imports every plugin module whenever it starts."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 class OptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
-        from digitcnn.search.sweeper import OptunaSearch
+        from digitcnn.sweeps.search.sweeper import OptunaSearch
 
         self._search = OptunaSearch(**settings)
 

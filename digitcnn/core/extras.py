@@ -1,0 +1,59 @@
+"""The optional extras of `pip install -e '.[EXTRA]'`, and the one-line error of a command
+that needs one that is not installed: said before Hydra writes a folder, before any data is
+read or any run is opened.
+
+The core install runs `python -m digitcnn.run` on TensorFlow, sweeps on one machine (basic and
+joblib launchers, Optuna), `predict`, `evaluate` and `mlflow ui`; `dev` installs every extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from digitcnn.core.errors import InputError
+
+# extra -> the modules it brings that digitcnn imports
+EXTRAS = {
+    "ray": ("ray", "hydra_plugins.hydra_ray_launcher"),
+    "jax": ("jax",),
+    "torch": ("torch",),
+    "team": ("psycopg", "flask_wtf"),  # the PostgreSQL driver; MLflow's auth app
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package that is missing, or that fails to import
+        return False
+
+
+def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
+    """InputError naming `what` and the extra to install, if a module of it is missing."""
+    if all(_installed(m) for m in modules or EXTRAS[extra]):
+        return
+    raise InputError(
+        f"{what} needs digitcnn's '{extra}' extra, which is not installed: "
+        f"pip install -c requirements.lock -e '.[{extra}]'"
+    )
+
+
+def _is_postgresql(uri: str | None) -> bool:
+    return str(uri or "").startswith(("postgresql", "postgres:"))
+
+
+def check_config(config: DictConfig) -> None:
+    """The extras that a composed config (launcher, backend, stores) needs, installed."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if "hydra_ray_launcher" in launcher and config.hydra.mode == RunMode.MULTIRUN:
+        require("ray", "hydra/launcher=ray")
+    backend = OmegaConf.select(config, "backend", default="tensorflow")
+    if backend in ("jax", "torch"):
+        require(backend, f"backend={backend}")
+    for key in ("tracking.uri", "hydra.sweeper.storage"):
+        uri = OmegaConf.select(config, key, default=None)
+        if _is_postgresql(uri):
+            require("team", f"{key}=postgresql://...", modules=("psycopg",))

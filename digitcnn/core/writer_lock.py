@@ -1,0 +1,78 @@
+"""One writer per run: a lock on the run's output folder, held while a process trains it.
+
+The process that starts a run and every process that continues it (`resume=`, a resumed
+sweep's job) holds an exclusive `flock` on `<output folder>/writer.lock` for as long as it
+writes the run. A second process is refused in one line naming the holder's host and process.
+The kernel drops the lock when its holder ends, however it ends (SIGKILL, a crash, a power
+cut), so a dead holder never locks a run. The folder holds the run's checkpoints, which any
+continuation needs, so the lock reaches every process that could continue the run: those on
+this machine, whatever tracking store they write to, and those on other machines that share the
+folder through a filesystem with working locks (NFS v4, Lustre, GPFS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from digitcnn.core.errors import InputError
+
+LOCK_FILE = "writer.lock"
+_HELD: set[Path] = set()  # the folders this process holds: a lock is taken once per process
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one writer is then the user's to ensure
+    fcntl = None
+
+
+class RunBusy(InputError):
+    """Another live process writes the run."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        held = json.loads(os.read(fd, 4096) or b"{}")
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held["since"]))
+        return f"process {held['pid']} on {held['host']} (since {since})"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+@contextmanager
+def writing(folder: Path, what: str) -> Iterator[None]:
+    """Hold the run in `folder` for this process within the block; `RunBusy` naming the holder
+    (and `what` asked: `resume=...`) if another process holds it."""
+    folder = Path(folder).resolve()
+    if fcntl is None or folder in _HELD:  # this process holds it already (a retried job)
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by exec
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(
+                f"{what}: the run in {folder} is being written by {_holder(fd)}; a run is "
+                "continued by one process at a time: wait for it to end, or stop it first"
+            ) from None
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        try:  # who holds it, for the refusal's line; the lock works without it (a full disk)
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder).encode())
+        except OSError:
+            pass
+        _HELD.add(folder)
+        try:
+            yield
+        finally:
+            _HELD.discard(folder)
+    finally:
+        os.close(fd)  # releases the lock

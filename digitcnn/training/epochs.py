@@ -1,0 +1,78 @@
+"""The epochs a run has yet to train: from its checkpoint (or the start) to `trainer.epochs`,
+a checkpoint saved after each, and what the fit took, split into warm-up and steady state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from digitcnn.core.config import Config
+from digitcnn.data import Dataset
+from digitcnn.training import debug
+from digitcnn.training.checkpoint import EpochCheckpoint
+from digitcnn.training.fit import TrainResult, train
+from digitcnn.training.timing import Timings, process_age
+
+log = logging.getLogger("digitcnn")
+
+
+@dataclass(frozen=True)
+class Trained:
+    history: dict[str, list[float]]  # every epoch's metrics, those before a resume included
+    metrics: dict[str, float] = field(default_factory=dict)  # none when nothing was left
+    validation_probabilities: np.ndarray | None = None  # the last epoch's, when it trained
+
+
+def train_remaining(
+    typed: Config,
+    model: keras.Model,
+    data: Dataset,
+    saver: EpochCheckpoint,
+    callbacks: list[keras.callbacks.Callback],
+    timings: Timings,
+    done: int = 0,
+) -> Trained:
+    """Train the epochs after the `done` ones (a resumed run's, in `saver`'s history) with
+    `callbacks` after the checkpoint's (a pruned trial's last epoch is then saved); nothing
+    when all were trained already (a run stopped while it was tested and recorded)."""
+    if done >= typed.trainer.epochs:
+        log.info("all %d epochs were trained; evaluating and recording", done)
+        return Trained(saver.history)
+    timings.set("fit_start_seconds", process_age())
+    checks = debug.callbacks(typed, Path(typed.paths.output_dir))
+    result = train(
+        model,
+        data,
+        typed.optimizer,
+        typed.trainer,
+        [saver, *callbacks, *checks],
+        initial_epoch=done,
+        seed=typed.seed + done,
+    )
+    timings.set("fit_seconds", result.train_seconds)
+    metrics = fit_metrics(result, len(data.x_train))
+    for name, value in metrics.items():
+        timings.set(name, value)
+    metrics |= debug.verdict(typed, checks, saver.history)
+    return Trained(saver.history, metrics, result.validation_probabilities)
+
+
+def fit_metrics(result: TrainResult, train_size: int) -> dict[str, float]:
+    """The fit's time, split into its first epoch (tracing and compilation included) and the
+    steady state of the epochs after it: `warmup_seconds` is how much longer the first took
+    than a steady epoch (mostly compilation)."""
+    seconds = result.history["epoch_seconds"]
+    metrics = {
+        "train_seconds": result.train_seconds,
+        "images_per_second": result.images_per_second,
+        "first_epoch_seconds": seconds[0],
+    }
+    if len(seconds) > 1:
+        steady = sorted(seconds[1:])[len(seconds[1:]) // 2]  # the median steady epoch
+        metrics["steady_images_per_second"] = train_size / steady
+        metrics["warmup_seconds"] = max(seconds[0] - steady, 0.0)
+    return metrics
