@@ -171,34 +171,32 @@ class MlflowSweepCallback(Callback):
         if run_id is None:
             return
         objective = config.objective
-        recorder, records = records.sweep_records(_tracking(config), run_id)
-        failed = [r for r in records if r.status != "FINISHED"]
+        recorder, jobs = records.sweep_records(_tracking(config), run_id)
+        failed = [r for r in jobs if r.status != "FINISHED"]
         try:
             if config.debug.mode != "none":  # checks, not results: no summary, no champion
-                log.info("debug=%s sweep: %d jobs, no summary", config.debug.mode, len(records))
+                log.info("debug=%s sweep: %d jobs, no summary", config.debug.mode, len(jobs))
             else:
-                _record_summary(recorder, records, objective, config.tracking.register_as)
+                _record_summary(recorder, jobs, objective, config.tracking.register_as)
         finally:
-            records.end_parent_run(recorder, "FAILED" if failed or not records else "FINISHED")
+            records.end_parent_run(recorder, "FAILED" if failed or not jobs else "FINISHED")
         if failed:
-            jobs = ", ".join(f"#{r.job} ({' '.join(r.overrides)})" for r in failed)
+            named = ", ".join(f"#{r.job} ({' '.join(r.overrides)})" for r in failed)
             log.error(
                 "%d of %d jobs failed: %s; summary in run %s",
                 len(failed),
-                len(records),
-                jobs,
+                len(jobs),
+                named,
                 run_id,
             )
             # Hydra turns a callback's exception into a warning; the exit status must say it.
             sys.exit(1)
 
 
-def _record_summary(
-    recorder, records: list, objective: str, register_as: str | None = None
-) -> None:
+def _record_summary(recorder, jobs: list, objective: str, register_as: str | None = None) -> None:
     from digitcnn.sweeps import summary  # pandas and matplotlib: only when a sweep ends
 
-    table = summary.jobs_table(records, objective) if records else None
+    table = summary.jobs_table(jobs, objective) if jobs else None
     if table is None:
         log.warning("sweep recorded no jobs")
         return
@@ -206,15 +204,15 @@ def _record_summary(
         "sweep_summary.csv": table,
         "sweep_summary.md": summary.markdown(table),
         "sweep_summary.html": table.to_html(float_format=lambda v: f"{v:.4f}"),
-        "objective.png": summary.objective_plot(records, objective),
+        "objective.png": summary.objective_plot(jobs, objective),
     }
-    aggregate = summary.seed_aggregate(records)
+    aggregate = summary.seed_aggregate(jobs)
     if not aggregate.empty:
         files["seed_aggregate.csv"] = aggregate
         files["seed_aggregate.md"] = summary.markdown(aggregate)
     recorder.log_files(files)
 
-    metrics = {"jobs": len(records), "jobs_failed": sum(r.status != "FINISHED" for r in records)}
+    metrics = {"jobs": len(jobs), "jobs_failed": sum(r.status != "FINISHED" for r in jobs)}
     if len(aggregate) == 1:  # one configuration over several seeds: its mean and spread
         row = aggregate.iloc[0]
         metrics.update({k: v for k, v in row.items() if k != "runs"})
