@@ -65,13 +65,10 @@ def _job(source: JobSource, typed: Config, recording, timings: Timings, held: Ex
     hydra_cfg = HydraConfig.get()
     with timings.measure("import_seconds"):
         _import_libraries(typed.tracking.uri, with_mlflow=not recording.separate)
-    from digitcnn.data import load_dataset
     from digitcnn.sweeps.search.trial import trial_tags
     from digitcnn.tracking import job_record
     from digitcnn.tracking.ended_early import Explained
-    from digitcnn.training import debug
     from digitcnn.training.backends import as_run_here, thread_share
-    from digitcnn.training.batching import check_batch_fits
 
     overrides = job_record.job_overrides(hydra_cfg)
     typed, tuning = as_run_here(typed)
@@ -90,21 +87,14 @@ def _job(source: JobSource, typed: Config, recording, timings: Timings, held: Ex
             typed, tuning = as_run_here(to_typed(source.cfg))
     threads = thread_share(typed.trainer, hydra_cfg.launcher)
     compiled = _configure_backend(typed, source, threads)
-    with timings.measure("data_seconds"):
-        data = load_dataset(typed.dataset, typed.seed)
-    typed, data = debug.prepare(typed, data)  # debug=...: its data and settings
-    check_batch_fits(typed.trainer.batch_size, data)
-    sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
-    log.info("data      %s from %s: %s", data.name, data.source, sizes)
+    typed, data = _data(typed, timings)
     output_dir = Path(typed.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_whole(output_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(source.cfg, resolve=True))
     model = _model(typed, data, source)
 
     tags = job_record.tags(typed, data, overrides, hydra_cfg, parent_run_id)
-    tags |= trial_tags(hydra_cfg.sweeper)
-    if source.rerun_of:
-        tags["rerun_of"] = source.rerun_of
+    tags |= trial_tags(hydra_cfg.sweeper) | _rerun_tag(source)
     checkpoint = source.checkpoint
     with (
         Explained(output_dir, typed.trainer.epochs, job_record.store_folders(typed)) as explained,
@@ -186,6 +176,25 @@ def _configure_backend(typed: Config, source: JobSource, threads: tuple[int, int
     if typed.backend == "jax" and typed.trainer.compilation_cache:
         return CompilationCache(Path(typed.paths.cache_dir))
     return None
+
+
+def _data(typed: Config, timings: Timings):
+    """The dataset, shaped by a debug mode if one is on; a batch larger than it is refused."""
+    from digitcnn.data import load_dataset
+    from digitcnn.training import debug
+    from digitcnn.training.batching import check_batch_fits
+
+    with timings.measure("data_seconds"):
+        data = load_dataset(typed.dataset, typed.seed)
+    typed, data = debug.prepare(typed, data)  # debug=...: its data and settings
+    check_batch_fits(typed.trainer.batch_size, data)
+    sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
+    log.info("data      %s from %s: %s", data.name, data.source, sizes)
+    return typed, data
+
+
+def _rerun_tag(source: JobSource) -> dict[str, str]:
+    return {"rerun_of": source.rerun_of} if source.rerun_of else {}
 
 
 def _model(typed: Config, data, source: JobSource):
