@@ -98,30 +98,39 @@ def test_a_killed_search_resumes_its_study(tmp_path):
     """SIGKILL a search while its second trial trains, then start it again with `resume=`: the
     finished trial is not run again, the interrupted one goes on from its checkpoint under its
     own number, and the search ends with its 3 trials; a second resumer meanwhile is refused."""
-    search = [*SEARCH, "trainer.epochs=12", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
+    search = [*SEARCH, "trainer.epochs=24", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
+    log = (tmp_path / "killed.log").open("w")
     killed = subprocess.Popen(
         [sys.executable, "-m", "digitcnn.run", "-m", *search],
         cwd=tmp_path,
         env=cli_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
     trials: list = []
+    study = None  # opened once: each opening checks the schema, slow on a loaded machine
     while killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-        if not (tmp_path / "mlruns" / "optuna.db").is_file():
-            continue
-        try:
-            trials = _study(tmp_path).get_trials(deepcopy=False)
-        except ValueError:  # no study in it yet
-            continue
+        if study is None:
+            if not (tmp_path / "mlruns" / "optuna.db").is_file():
+                continue
+            try:
+                study = _study(tmp_path)
+            except (ValueError, optuna.exceptions.StorageInternalError):  # no study yet
+                continue
+        trials = study.get_trials(deepcopy=False)
         if len(trials) == 2 and len(trials[1].intermediate_values) >= 2:
             break
-    os.killpg(killed.pid, signal.SIGKILL)
+    ended_by_itself = killed.poll() is not None
+    if not ended_by_itself:
+        os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"], trials
+    log.close()
+    said = (tmp_path / "killed.log").read_text()[-4000:]
+    assert not ended_by_itself, f"the search ended before it was killed: {trials}\n{said}"
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"], (trials, said)
 
     (folder,) = (tmp_path / "multirun").glob("*/*")
     resumed = start_cli(tmp_path, "-m", *search, f"resume={folder}")
@@ -141,7 +150,7 @@ def test_a_killed_search_resumes_its_study(tmp_path):
     after = _study(tmp_path).get_trials(deepcopy=False)
     assert [t.state.name for t in after] == ["COMPLETE"] * 3
     assert after[0].datetime_complete == trials[0].datetime_complete  # not run again
-    assert sorted(after[1].intermediate_values) == list(range(1, 13))
+    assert sorted(after[1].intermediate_values) == list(range(1, 25))
     _, parent, children = _search_runs(tmp_path)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.resumed"] == "1"
     counted = [c for c in children if c.data.tags.get("sweep.superseded") != "true"]
