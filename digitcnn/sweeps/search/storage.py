@@ -3,22 +3,62 @@ store by default, PostgreSQL for a team)."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from digitcnn.core.errors import InputError
 
 SQLITE_WAIT_SECONDS = 60  # jobs in parallel processes take turns writing one SQLite file
+SCHEMA_TRIES = 5  # a database server's processes creating one schema at once: all but one retry
 
 
 def open_storage(url: str):
-    """Optuna's storage at `url`, its tables created when new."""
+    """Optuna's storage at `url`, its tables created when new, also when several processes (two
+    searches on one store, a search and a reader) open a new database at the same moment."""
     import optuna
 
-    engine_kwargs = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_WAIT_SECONDS}}
+    if not url.startswith("sqlite:///"):
+        return _with_schema_retries(lambda: optuna.storages.RDBStorage(url))
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        _create_whole(path)
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_WAIT_SECONDS}}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def _create_whole(path: Path) -> None:
+    """Make a new SQLite database's tables in a file of this process's own and link it into place
+    in one step: the first process to link wins, the others' drafts are dropped, and no process
+    ever sees (or adds to) half a schema."""
+    import optuna
+
+    draft = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        optuna.storages.RDBStorage(f"sqlite:///{draft}").engine.dispose()
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another process linked its whole database first
+    finally:
+        draft.unlink(missing_ok=True)
+
+
+def _with_schema_retries(open_it):
+    """`open_it()`, again when it failed because another process was creating the same tables
+    (PostgreSQL says a table or type already exists, or a unique key was taken): the next try
+    finds them made."""
+    import sqlalchemy.exc
+
+    for attempt in range(1, SCHEMA_TRIES):
+        try:
+            return open_it()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            said = str(exc)
+            if not any(sign in said for sign in ("already exists", "duplicate key", "UNIQUE")):
+                raise
+            time.sleep(0.2 * attempt)
+    return open_it()
 
 
 def checked_storage(url: str):
