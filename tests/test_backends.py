@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitcnn.core.config import TrainerConfig, to_typed
+from digitcnn.core.config import to_typed
+from digitcnn.core.config_groups import TrainerConfig
 from digitcnn.core.errors import ConfigValueError
 from digitcnn.data import mnist as mnist_source
 from digitcnn.training import backends

@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from digitcnn.core import config, paths
+from digitcnn.core import config, config_groups, paths
 from digitcnn.core.config import ConfigValueError, to_typed
 from tests.conftest import REPO, cli_env
 
@@ -34,7 +34,7 @@ REQUIRED = {("dataset", "images"): ["dataset.path=/data/digits.npz"]}
 def test_every_group_option_composes_into_its_schema(compose_cfg, group, option):
     typed = to_typed(compose_cfg([f"{group}={option}", *REQUIRED.get((group, option), [])]))
     assert isinstance(typed, config.Config)
-    schema = config._GROUP_SCHEMAS[group][option]
+    schema = config_groups.GROUP_SCHEMAS[group][option]
     assert type(getattr(typed, group)) is schema
 
 
@@ -61,7 +61,7 @@ def test_quick_recipe_is_digits_for_one_epoch(compose_cfg):
 def test_overrides_reach_the_typed_config(compose_cfg):
     typed = to_typed(compose_cfg(["model.dropout=0.3", "optimizer=sgd", "optimizer.lr=0.05"]))
     assert typed.model.dropout == 0.3
-    assert isinstance(typed.optimizer, config.SGDConfig) and typed.optimizer.lr == 0.05
+    assert isinstance(typed.optimizer, config_groups.SGDConfig) and typed.optimizer.lr == 0.05
 
 
 def test_paths_are_absolute_and_from_one_root(compose_cfg, tmp_path, monkeypatch):
@@ -139,7 +139,7 @@ def test_schemas_are_not_offered_as_group_options(compose_cfg):
 
 def test_config_yaml_mirrors_schema_defaults():
     """Each YAML states every key of its schema, so the file documents the whole group."""
-    for group, options in config._GROUP_SCHEMAS.items():
+    for group, options in config_groups.GROUP_SCHEMAS.items():
         for option, schema in options.items():
             yaml = OmegaConf.load(paths.config_dir() / group / f"{option}.yaml")
             keys = set(yaml) - {"defaults"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitcnn.core.config import DigitsConfig, MnistConfig
+from digitcnn.core.config_groups import DigitsConfig, MnistConfig
 from digitcnn.data import DataError, load_dataset
 from digitcnn.data import mnist as mnist_source
 from digitcnn.data.formats import (
@@ -212,7 +212,7 @@ def test_two_processes_fetching_at_once_both_get_a_valid_cache(tmp_path):
 
     code = (
         "import sys\n"
-        "from digitcnn.core.config import MnistConfig\n"
+        "from digitcnn.core.config_groups import MnistConfig\n"
         "from digitcnn.data.mnist import load_mnist\n"
         "arrays, source, _ = load_mnist(MnistConfig(cache_dir=sys.argv[1]))\n"
         "print(source, arrays['x_train'].shape)\n"

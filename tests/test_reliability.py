@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from digitcnn import tracking
-from digitcnn.core.config import TrackingConfig
+from digitcnn.core.config_groups import TrackingConfig
 from tests.conftest import (
     ON_LINUX,
     cli_env,

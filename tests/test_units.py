@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitcnn.core.config import AdamConfig, CNNConfig, SGDConfig
+from digitcnn.core.config_groups import AdamConfig, CNNConfig, SGDConfig
 from digitcnn.evaluation.metrics import evaluate
 from digitcnn.tracking import flatten, redact
 
@@ -205,7 +205,7 @@ def test_torch_backend_refuses_several_batches_per_call_before_anything_runs(mon
     the backend's name is the one thing faked. The error comes before torch is imported."""
     import keras
 
-    from digitcnn.core.config import TrainerConfig
+    from digitcnn.core.config_groups import TrainerConfig
     from digitcnn.core.errors import ConfigValueError
     from digitcnn.training.fit import configure_backend
 
@@ -217,7 +217,7 @@ def test_torch_backend_refuses_several_batches_per_call_before_anything_runs(mon
 def test_jax_backend_says_threads_are_not_applied(monkeypatch, caplog):
     import keras
 
-    from digitcnn.core.config import TrainerConfig
+    from digitcnn.core.config_groups import TrainerConfig
     from digitcnn.training.fit import configure_backend
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
@@ -257,7 +257,7 @@ def test_short_runs_validate_with_recalibrated_statistics():
     start and validation is near chance; recomputed statistics show what was learned."""
     import keras
 
-    from digitcnn.core.config import DigitsConfig, TrainerConfig
+    from digitcnn.core.config_groups import DigitsConfig, TrainerConfig
     from digitcnn.data import load_dataset
     from digitcnn.models.families import build_cnn
     from digitcnn.training.fit import train
@@ -301,7 +301,7 @@ def test_training_batches_take_a_new_order_every_epoch_and_the_same_orders_for_a
 def test_the_last_validation_is_the_trained_models_answer():
     """With dataset.val_size=0 a run takes its last validation's probabilities as the test
     set's: they must be what the trained model answers for the test images."""
-    from digitcnn.core.config import DigitsConfig, TrainerConfig
+    from digitcnn.core.config_groups import DigitsConfig, TrainerConfig
     from digitcnn.data import load_dataset
     from digitcnn.models.families import build_cnn
     from digitcnn.training.batching import predict_probabilities

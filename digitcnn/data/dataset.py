@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from digitcnn.core.config import DatasetConfig
+from digitcnn.core.config_groups import DatasetConfig
 from digitcnn.data.digits import PIXEL_MAX as DIGITS_PIXEL_MAX
 from digitcnn.data.digits import load_digits
 from digitcnn.data.formats import KERAS_KEYS, Arrays

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.datasets import load_digits as _sklearn_digits
 from sklearn.model_selection import train_test_split
 
-from digitcnn.core.config import DigitsConfig
+from digitcnn.core.config_groups import DigitsConfig
 from digitcnn.data.formats import Arrays, content_digest
 
 PIXEL_MAX = 16  # the digits' grey levels are 0..16

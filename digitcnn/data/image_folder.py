@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitcnn.core.config import ImagesConfig
+from digitcnn.core.config_groups import ImagesConfig
 from digitcnn.core.errors import DataError
 from digitcnn.data.formats import KERAS_KEYS, Arrays, content_digest, read_dataset_path
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from digitcnn.core.config import MnistConfig
+from digitcnn.core.config_groups import MnistConfig
 from digitcnn.core.errors import DataError
 from digitcnn.data.formats import (
     Arrays,

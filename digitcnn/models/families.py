@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from digitcnn.core.config import CNNConfig, MLPConfig, ModelConfig, ResNetConfig
+from digitcnn.core.config_groups import CNNConfig, MLPConfig, ModelConfig, ResNetConfig
 from digitcnn.core.errors import InputError
 from digitcnn.data import Dataset
 from digitcnn.models.augment import RandomAffine

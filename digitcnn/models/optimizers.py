@@ -6,7 +6,7 @@ import math
 
 import keras
 
-from digitcnn.core.config import AdamConfig, AdamWConfig, OptimizerConfig, SGDConfig
+from digitcnn.core.config_groups import AdamConfig, AdamWConfig, OptimizerConfig, SGDConfig
 
 
 @keras.saving.register_keras_serializable(package="digitcnn")

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.core import stops
-from digitcnn.core.config import TrackingConfig
+from digitcnn.core.config_groups import TrackingConfig
 from digitcnn.core.disk import write_text_whole
 from digitcnn.core.errors import InputError
 from digitcnn.core.runtime import hide_secrets_in_logs

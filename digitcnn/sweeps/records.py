@@ -11,7 +11,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn.core.config import TrackingConfig
+from digitcnn.core.config_groups import TrackingConfig
 from digitcnn.sweeps.search.trial import PRUNED_AT_TAG
 from digitcnn.sweeps.summary import JobRecord
 from digitcnn.tracking.resume import JobSource, continue_attempt

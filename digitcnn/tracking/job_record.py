@@ -17,7 +17,8 @@ import keras
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn.core.config import MAX_RUN_NAME, Config
+from digitcnn.core.config import Config
+from digitcnn.core.config_groups import MAX_RUN_NAME
 from digitcnn.data import Dataset
 from digitcnn.evaluation import figures
 from digitcnn.evaluation.metrics import Evaluation

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from digitcnn.core.config import TrackingConfig
+from digitcnn.core.config_groups import TrackingConfig
 from digitcnn.core.errors import RecorderGone
 from digitcnn.core.stops import GRACE_SECONDS, held, shield
 from digitcnn.tracking.channel import Channel, ChannelClosed

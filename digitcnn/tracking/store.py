@@ -21,7 +21,8 @@ from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
 from digitcnn.core import paths
-from digitcnn.core.config import TrackingConfig, is_server
+from digitcnn.core.config import is_server
+from digitcnn.core.config_groups import TrackingConfig
 from digitcnn.core.errors import InputError
 from digitcnn.core.runtime import mlflow_defaults
 from digitcnn.tracking.describe import redact, sqlite_path

@@ -20,7 +20,8 @@ from typing import ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn.core.config import Config, TrainerConfig
+from digitcnn.core.config import Config
+from digitcnn.core.config_groups import TrainerConfig
 from digitcnn.core.errors import InputError
 
 # The keys whose best value depends on the backend and device, and each backend's own choice.

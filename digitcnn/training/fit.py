@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from digitcnn.core import stops
-from digitcnn.core.config import OptimizerConfig, TrainerConfig
+from digitcnn.core.config_groups import OptimizerConfig, TrainerConfig
 from digitcnn.core.errors import ConfigValueError
 from digitcnn.core.runtime import native_stderr_hidden
 from digitcnn.data import Dataset
