@@ -171,8 +171,8 @@ def _configure_backend(typed: Config, source: JobSource, threads: tuple[int, int
     from digitcnn.training.backends import CompilationCache
     from digitcnn.training.fit import configure_backend
 
-    done = source.checkpoint.epoch if source.checkpoint else 0
-    configure_backend(typed.trainer, typed.seed + done, threads)  # fresh randomness on resume
+    # Fresh randomness on resume: the seed moves on by the epochs done.
+    configure_backend(typed.trainer, typed.seed + source.epochs_done, threads)
     if typed.backend == "jax" and typed.trainer.compilation_cache:
         return CompilationCache(Path(typed.paths.cache_dir))
     return None
@@ -237,17 +237,15 @@ def _train_and_test(typed: Config, source: JobSource, model, data, recorder, ove
     from digitcnn.training.checkpoint import EpochCheckpoint
     from digitcnn.training.epochs import train_remaining
 
-    checkpoint = source.checkpoint
-    done = checkpoint.epoch if checkpoint else 0
+    checkpoint, done = source.checkpoint, source.epochs_done
     saver = EpochCheckpoint(
         Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
     )
+    # A search's trial hears of epochs still to train; a resumed job whose epochs were all
+    # trained (stopped while it was tested) does not reopen its trial.
+    epochs_left = typed.trainer.epochs - done
     sweeper = HydraConfig.get().sweeper
-    reporters = (
-        reporters_for(sweeper, typed.objective, saver.history)
-        if done < typed.trainer.epochs
-        else []
-    )
+    reporters = reporters_for(sweeper, typed.objective, saver.history) if epochs_left > 0 else []
     callbacks = [EpochMetricsLogger(recorder), *reporters]
     trained = train_remaining(typed, model, data, saver, callbacks, timings, done)
     if reporters:

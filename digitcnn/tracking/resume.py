@@ -36,6 +36,11 @@ class JobSource:
     checkpoint: Checkpoint | None = None  # resume from here
     rerun_of: str | None = None
 
+    @property
+    def epochs_done(self) -> int:
+        """The epochs its checkpoint holds: 0 for a new run."""
+        return self.checkpoint.epoch if self.checkpoint else 0
+
 
 def _check_overrides(mode: str, overrides: list[str]) -> None:
     keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
