@@ -97,7 +97,12 @@ def _job(source: JobSource, typed: Config, recording, timings: Timings, held: Ex
     tags |= trial_tags(hydra_cfg.sweeper) | _rerun_tag(source)
     checkpoint = source.checkpoint
     with (
-        Explained(output_dir, typed.trainer.epochs, job_record.store_folders(typed)) as explained,
+        Explained(
+            output_dir,
+            typed.trainer.epochs,
+            job_record.store_folders(typed),
+            in_sweep=parent_run_id is not None,
+        ) as explained,
         recording.tracked_run(
             job_record.run_name(typed, overrides),
             tags,

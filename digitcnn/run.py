@@ -41,6 +41,8 @@ def main(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # One failed job must not stop the sweep: its run is FAILED, the summary lists it.
             log.error("job #%s failed: %s", hydra_cfg.job.num, exc, exc_info=hydra_cfg.verbose)
+            if is_disk_full(exc):  # so would every job after it: the sweep stops, to resume
+                raise stops.StoppedByFullDisk() from None
             record_failed_job(cfg, exc)
             return float("nan")
         if hydra_cfg.verbose:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, failure_report, only_run, run_cli
+from tests.conftest import cli_env, client_for, failure_report, only_run, run_cli
 
 DIGITS = ("dataset=digits", "dataset.val_size=180")
 # A dense layer of 1024 units makes each checkpoint of the digits model about 4 MB.
@@ -85,6 +85,61 @@ def test_a_full_disk_keeps_the_last_whole_checkpoint_and_says_how_to_go_on(small
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+GRID = ("-m", "model.dropout=0.1,0.2,0.3")
+SEARCH = (
+    "-m",
+    "hparams_search=optuna",
+    "experiment=quick",
+    "hydra/sweeper/pruner=none",
+    "hydra.sweeper.n_trials=3",
+)
+
+
+@pytest.mark.parametrize("sweep", [GRID, SEARCH], ids=["grid", "search"])
+def test_a_full_disk_stops_a_sweep_at_its_first_job_and_resume_finishes_it(small_disk, sweep):
+    """The first job's second checkpoint does not fit: the sweep stops there, as on a signal
+    (the jobs after it would all fail, a search would count them as failed trials), one line
+    per process and no traceback; once there is room, the sweep's `resume=` finishes every
+    job, the first after its checkpointed epoch."""
+    env = {"TMPDIR": str(small_disk / "tmp")}
+    args = [*sweep, *DIGITS, *BIG, "trainer.epochs=2", "tracking.experiment=full"]
+    proc = run_cli(small_disk, *args, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, failure_report(proc)
+    assert "Traceback" not in output
+    (job_line,) = [ln for ln in output.splitlines() if "job #0 failed: no space left" in ln]
+    assert "then resuming the sweep (`resume=` its folder) continues after epoch 1 of 2" in job_line
+    (folder,) = small_disk.glob("multirun/*/*")
+    (stop_line,) = [ln for ln in output.splitlines() if ln.startswith("stopped by")]
+    assert stop_line.startswith("stopped by disk full: sweep run "), stop_line
+    assert "with 0 jobs FINISHED and 1 FAILED; once there is room, `python -m digitcnn.run" in (
+        stop_line
+    )
+    assert stop_line.endswith(f" resume={folder}` continues it"), stop_line
+    assert "job #1" not in output  # no job launched after the full disk
+    client = client_for(small_disk)
+    experiment_id = client.get_experiment_by_name("full").experiment_id
+    (parent,) = client.search_runs([experiment_id], "tags.`sweep.dir` != ''")
+    assert parent.info.status == "KILLED" and parent.data.tags["stopped_by"] == "disk full"
+
+    grow(small_disk, "64m")
+    resumed = run_cli(small_disk, *args, f"resume={folder}", env=env)
+    assert resumed.returncode == 0, failure_report(resumed)
+    runs = client.search_runs([experiment_id])
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    children = [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        and r.data.tags.get("sweep.superseded") != "true"
+    ]
+    assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [1, 2]
+    assert sum("resumed_after_epoch" in r.data.tags for r in children) == 1
 
 
 def test_a_file_size_limit_is_one_line_and_leaves_no_cut_checkpoint(tmp_path):

@@ -49,6 +49,37 @@ class Stopped(KeyboardInterrupt):
     def exit_status(self) -> int:
         return 128 + self.signum
 
+    @property
+    def before_going_on(self) -> str:
+        """What the user does before resuming (nothing, after a signal)."""
+        return ""
+
+
+class StoppedByFullDisk(Stopped):
+    """A job of a sweep found a disk full: the sweep stops as on a signal (each job after it
+    would fail the same way, and a search would count them as failed trials), its records
+    ended KILLED where the store can still be written, to be resumed once there is room."""
+
+    def __init__(self) -> None:
+        KeyboardInterrupt.__init__(self, "disk full")
+        self.signum = 0
+        self.outcome = ""
+
+    def __reduce__(self):  # from a launcher's worker, like a signal's
+        return type(self), (), {"outcome": self.outcome}
+
+    @property
+    def name(self) -> str:
+        return "disk full"  # the tag a single run stopped by it gets, `stopped_by`
+
+    @property
+    def exit_status(self) -> int:
+        return 2  # as for a single run's full disk
+
+    @property
+    def before_going_on(self) -> str:
+        return "once there is room, "
+
 
 def shield() -> None:
     """Ignore further stop signals while the first one is handled: the records are being

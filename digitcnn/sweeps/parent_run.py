@@ -85,13 +85,13 @@ def _close_stopped(config: DictConfig, run_id: str, stopped: stops.Stopped) -> N
     from digitcnn.sweeps import records
 
     store = tracking.client_for(_tracking(config))
-    finished, killed = records.stop_sweep(store, run_id, stopped.name)
+    finished, others = records.stop_sweep(store, run_id, stopped.name)
     args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
     command = tracking.redact(shlex.join(["python", "-m", "digitcnn.run", *args]))
     folder = config.hydra.sweep.dir
     stopped.outcome = (
-        f"sweep run {run_id} ended KILLED with {finished} jobs FINISHED and {killed} KILLED; "
-        f"`{command} resume={folder}` continues it"
+        f"sweep run {run_id} ended KILLED with {finished} jobs FINISHED and {others}; "
+        f"{stopped.before_going_on}`{command} resume={folder}` continues it"
     )
 
 

@@ -141,20 +141,25 @@ def running_jobs(store: Store, parent_run_id: str) -> list[Run]:
     return [run for run in children if run.info.status == "RUNNING"]
 
 
-def stop_sweep(store: Store, parent_run_id: str, signal_name: str) -> tuple[int, int]:
+def stop_sweep(store: Store, parent_run_id: str, signal_name: str) -> tuple[int, str]:
     """End a stopped sweep: its jobs still RUNNING (their processes were stopped or killed
     without closing them) and its parent run KILLED, each tagged `stopped_by`. Returns how
-    many of its jobs are FINISHED and how many KILLED."""
+    many of its jobs are FINISHED, and the others by state ('2 KILLED', '1 FAILED')."""
     client = store.client
     children = _children(client, store.experiment_id, parent_run_id)
+    ended: dict[str, int] = {}
     for run in children:
-        if run.info.status == "RUNNING":
+        status = run.info.status
+        if status == "RUNNING":
             client.set_tag(run.info.run_id, "stopped_by", signal_name)
             client.set_terminated(run.info.run_id, "KILLED")
+            status = "KILLED"
+        ended[status] = ended.get(status, 0) + 1
     client.set_tag(parent_run_id, "stopped_by", signal_name)
     client.set_terminated(parent_run_id, "KILLED")
-    finished = sum(run.info.status == "FINISHED" for run in children)
-    return finished, len(children) - finished
+    finished = ended.pop("FINISHED", 0)
+    others = ", ".join(f"{count} {status}" for status, count in sorted(ended.items()))
+    return finished, others or "0 KILLED"
 
 
 def _from_job_config(cfg: DictConfig) -> Store:

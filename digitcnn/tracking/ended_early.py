@@ -15,9 +15,12 @@ class Explained:
     """Around an open run: turns the ways it can end early into one line each. Set
     `recorder` once the run is open; it says how the run was ended (`ended`)."""
 
-    def __init__(self, output_dir: Path, epochs: int, store_folders: list[Path]) -> None:
+    def __init__(
+        self, output_dir: Path, epochs: int, store_folders: list[Path], in_sweep: bool = False
+    ) -> None:
         self.output_dir, self.epochs = Path(output_dir), epochs
         self.store_folders = store_folders  # where else the run writes: its store, TMPDIR
+        self.in_sweep = in_sweep  # then the sweep is resumed, not the job (its line says how)
         self.recorder: Any = None
 
     def __enter__(self) -> Explained:
@@ -59,9 +62,14 @@ class Explained:
         return f"run {self.recorder.run_id} {state}"
 
     def _how_to_go_on(self, done: int) -> str:
-        resume = f"`python -m digitcnn.run resume={self.output_dir}`"
-        if done == 0:
-            return "start it again (no epoch was checkpointed)"
+        if self.in_sweep:
+            resume = "resuming the sweep (`resume=` its folder)"
+            if done == 0:
+                return f"{resume} runs it again (no epoch was checkpointed)"
+        else:
+            resume = f"`python -m digitcnn.run resume={self.output_dir}`"
+            if done == 0:
+                return "start it again (no epoch was checkpointed)"
         if done >= self.epochs:
             return f"{resume} tests and records its {done} checkpointed epochs"
         return f"{resume} continues after epoch {done} of {self.epochs}"

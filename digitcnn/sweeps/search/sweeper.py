@@ -12,6 +12,7 @@ their last checkpoint), and the search stops at `n_trials` of its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -23,6 +24,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.core import stops
+from digitcnn.core.disk import is_disk_full
 from digitcnn.core.errors import InputError
 
 log = logging.getLogger("digitcnn.sweeps.search")
@@ -75,6 +77,12 @@ class OptunaSearch:
         except InputError as exc:  # checked before the parent run opened (`preflight`): rare
             log.error("error: %s", exc)
             sys.exit(2)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            # The study's disk (or the store's) is full: stopped like its jobs would be.
+            log.error("the search could not write its records: %s", str(exc).splitlines()[0])
+            raise stops.StoppedByFullDisk() from None
 
     def _search(self, arguments: list[str]) -> None:
         import optuna
@@ -239,8 +247,9 @@ class OptunaSearch:
                 initial_job_idx=first_job,
             )
         except KeyboardInterrupt as exc:
-            for trial in batch:
-                trial.set_user_attr("stopped_by", stops.as_stopped(exc).name)
+            with contextlib.suppress(Exception):  # a full disk may hold the study too
+                for trial in batch:
+                    trial.set_user_attr("stopped_by", stops.as_stopped(exc).name)
             raise
 
     def _trial_overrides(self, name: str, number: int) -> list[str]:
