@@ -39,10 +39,10 @@ def main(cfg: DictConfig) -> float:
         return run_job(cfg, compose_seconds)
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            # One failed job must not stop the sweep: its run is FAILED, the summary lists it.
             log.error("job #%s failed: %s", hydra_cfg.job.num, exc, exc_info=hydra_cfg.verbose)
-            if is_disk_full(exc):  # so would every job after it: the sweep stops, to resume
-                raise stops.StoppedByFullDisk() from None
+            if is_disk_full(exc) and _on_the_sweeps_machine(hydra_cfg):
+                raise stops.StoppedByFullDisk() from None  # so would every job after it
+            # One failed job must not stop the sweep: its run is FAILED, the summary lists it.
             record_failed_job(cfg, exc)
             return float("nan")
         if hydra_cfg.verbose:
@@ -55,6 +55,12 @@ def main(cfg: DictConfig) -> float:
                       "start it again: nothing was recorded", str(exc).splitlines()[0])  # fmt: skip
             sys.exit(2)
         raise
+
+
+def _on_the_sweeps_machine(hydra_cfg: DictConfig) -> bool:
+    """Whether the job runs beside the sweep, on its disks (the basic and joblib launchers),
+    not on a Ray node of its own, where a full disk says nothing of the other nodes'."""
+    return "ray" not in str(hydra_cfg.launcher.get("_target_", "")).lower()
 
 
 def cli() -> None:
