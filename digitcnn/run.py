@@ -19,6 +19,7 @@ from digitcnn.core import paths, stops
 from digitcnn.core.config import register_configs
 from digitcnn.core.disk import is_disk_full
 from digitcnn.core.errors import InputError
+from digitcnn.core.extras import is_ray_launcher
 
 register_configs()
 # conf/hydra/launcher/ray.yaml sets the Ray launcher's defaults and is checked against the
@@ -40,8 +41,10 @@ def main(cfg: DictConfig) -> float:
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("job #%s failed: %s", hydra_cfg.job.num, exc, exc_info=hydra_cfg.verbose)
-            if is_disk_full(exc) and _on_the_sweeps_machine(hydra_cfg):
-                raise stops.StoppedByFullDisk() from None  # so would every job after it
+            # A full disk beside the sweep would fail every job after this one; a Ray node's
+            # own disk says nothing of the other nodes'.
+            if is_disk_full(exc) and not is_ray_launcher(hydra_cfg.launcher):
+                raise stops.StoppedByFullDisk() from None
             # One failed job must not stop the sweep: its run is FAILED, the summary lists it.
             record_failed_job(cfg, exc)
             return float("nan")
@@ -55,12 +58,6 @@ def main(cfg: DictConfig) -> float:
                       "start it again: nothing was recorded", str(exc).splitlines()[0])  # fmt: skip
             sys.exit(2)
         raise
-
-
-def _on_the_sweeps_machine(hydra_cfg: DictConfig) -> bool:
-    """Whether the job runs beside the sweep, on its disks (the basic and joblib launchers),
-    not on a Ray node of its own, where a full disk says nothing of the other nodes'."""
-    return "ray" not in str(hydra_cfg.launcher.get("_target_", "")).lower()
 
 
 def cli() -> None:

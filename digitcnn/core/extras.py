@@ -45,10 +45,17 @@ def _is_postgresql(uri: str | None) -> bool:
     return str(uri or "").startswith(("postgresql", "postgres:"))
 
 
+def is_ray_launcher(launcher: DictConfig | None) -> bool:
+    """Whether `launcher` (a config's `hydra.launcher`) is the Ray launcher, whose jobs run on
+    Ray's nodes rather than beside the sweep."""
+    target = OmegaConf.select(launcher, "_target_", default="") if launcher is not None else ""
+    return "hydra_ray_launcher" in str(target or "")
+
+
 def check_config(config: DictConfig) -> None:
     """The extras that a composed config (launcher, backend, stores) needs, installed."""
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
-    if "hydra_ray_launcher" in launcher and config.hydra.mode == RunMode.MULTIRUN:
+    launcher = OmegaConf.select(config, "hydra.launcher", default=None)
+    if is_ray_launcher(launcher) and config.hydra.mode == RunMode.MULTIRUN:
         require("ray", "hydra/launcher=ray")
     backend = OmegaConf.select(config, "backend", default="tensorflow")
     if backend in ("jax", "torch"):

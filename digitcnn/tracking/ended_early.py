@@ -64,12 +64,12 @@ class Explained:
     def _how_to_go_on(self, done: int) -> str:
         if self.in_sweep:
             resume = "resuming the sweep (`resume=` its folder)"
-            if done == 0:
-                return f"{resume} runs it again (no epoch was checkpointed)"
+            again = f"{resume} runs it again"
         else:
             resume = f"`python -m digitcnn.run resume={self.output_dir}`"
-            if done == 0:
-                return "start it again (no epoch was checkpointed)"
+            again = "start it again"
+        if done == 0:
+            return f"{again} (no epoch was checkpointed)"
         if done >= self.epochs:
             return f"{resume} tests and records its {done} checkpointed epochs"
         return f"{resume} continues after epoch {done} of {self.epochs}"
