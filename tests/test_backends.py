@@ -1,5 +1,5 @@
 """Backends: the backend is part of the config, tuned settings stay where they were measured,
-and a run on JAX records the same things as one on TensorFlow."""
+a run on JAX records the same things as one on TensorFlow, and resumes on JAX."""
 
 from __future__ import annotations
 
@@ -113,6 +113,24 @@ def test_jax_records_what_tensorflow_records(tmp_path):
     probabilities = np.asarray(model.predict(np.full((3, 8, 8), 8.0, np.float32)))
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_jax_run_resumes_on_jax_without_naming_it_again(tmp_path):
+    """`resume=` takes the recorded config, backend included, and allows no other override:
+    Keras must be imported on the run's own backend, not the command line's default (before,
+    the resume stopped on 'backend=jax is not allowed here: this process already runs Keras
+    on tensorflow')."""
+    proc = run_cli(tmp_path, "experiment=quick", "backend=jax", "trainer.epochs=1")
+    assert proc.returncode == 0, failure_report(proc)
+    (folder,) = tmp_path.glob("outputs/*/*")
+    resumed = run_cli(tmp_path, f"resume={folder}", "trainer.epochs=2")
+    assert resumed.returncode == 0, failure_report(resumed)
+    assert "digitcnn on jax" in resumed.stderr
+    client = client_for(tmp_path)
+    (run,) = runs_of(tmp_path, "quick")
+    assert run.info.status == "FINISHED" and run.data.params["derived.keras_backend"] == "jax"
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2]
 
 
 def test_fast_recipe_on_jax_uses_jax_settings_and_its_compilation_cache(tmp_path):

@@ -93,17 +93,22 @@ def job_source(cfg: DictConfig, overrides: list[str], held: ExitStack) -> JobSou
 
 
 def _resume(cfg: DictConfig, overrides: list[str], held: ExitStack) -> JobSource:
-    import_keras_quietly()
-    from digitcnn.training.checkpoint import read_checkpoint  # imports Keras: only when resuming
+    from digitcnn.training.backends import select_backend
 
     _check_overrides("resume", overrides)
     folder = _run_folder(cfg, cfg.resume)
     if folder.is_dir():
         held.enter_context(writing(folder, f"resume={cfg.resume}"))
+    recorded = folder / RESOLVED_CONFIG
+    saved = OmegaConf.load(recorded) if recorded.is_file() else None
+    if saved is not None:  # Keras is imported on the run's own backend, not the command line's
+        select_backend(saved.get("backend", "tensorflow"))
+    import_keras_quietly()
+    from digitcnn.training.checkpoint import read_checkpoint  # imports Keras: only when resuming
+
     checkpoint = read_checkpoint(folder)
-    if checkpoint is None or not (folder / RESOLVED_CONFIG).is_file():
+    if checkpoint is None or saved is None:
         raise InputError(f"resume={cfg.resume!r}: no checkpoint in {folder} (no epoch finished)")
-    saved = OmegaConf.load(folder / RESOLVED_CONFIG)
     if any(o.startswith("trainer.epochs=") for o in overrides):
         saved.trainer.epochs = cfg.trainer.epochs
     if saved.trainer.epochs < checkpoint.epoch or (
