@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from digitcnn.core import stops
+from digitcnn.core import faults, stops
 from digitcnn.core.config import Config, to_typed
 from digitcnn.core.disk import write_text_whole
 from digitcnn.core.runtime import import_keras_quietly
@@ -113,22 +113,38 @@ def _job(source: JobSource, typed: Config, recording, timings: Timings, held: Ex
     ):
         explained.recorder = recorder
         _record_start(recorder, source, typed, model, data, threads, tuning)
-        history = _train_and_test(typed, source, model, data, recorder, overrides, timings)
-        if compiled:
-            recorder.log_metrics(compiled.counts)
+        faults.point("opened", recorder.wait_written, _job_number(parent_run_id))
+        history = _train_and_test(
+            typed, source, model, data, recorder, overrides, timings, compiled, parent_run_id
+        )
         if typed.debug.mode == "profile":  # the backend's trace and the job's phases so far
             timings.set("job_seconds", time.perf_counter() - job_started)
             recorder.log_files({"phases.json": timings.values}, folder="profile")
             if (output_dir / "profile").is_dir():
                 recorder.log_folder(output_dir / "profile", "profile/trace")
         job_record.log_job_log(recorder, hydra_cfg)
+    if parent_run_id is None:  # a stop from here on finds the run ended: its line says so
+        ended = f"run {recorder.run_id} ended {recorder.ended}: its record is whole"
+        stops.closing(lambda stopped: setattr(stopped, "outcome", stopped.outcome or ended))
     separately = " (in the recorder process)" if recording.separate else ""
     log.info("MLflow calls %.2fs%s", recorder.seconds, separately)
     timings.set("mlflow_seconds", recorder.seconds)
     timings.set_series("mlflow_call_seconds", recorder.call_seconds)
     timings.set("job_seconds", time.perf_counter() - job_started)
     timings.write(output_dir / "timings.json")
+    faults.point("closed", job=_job_number(parent_run_id))
     return float(history[typed.objective][-1])
+
+
+def _job_number(parent_run_id: str | None) -> int | None:
+    """Which job of its sweep this is, for fault points: its trial's number in a search (a
+    resumed search launches the trials left under new job numbers), else its job number;
+    None for a single run."""
+    if not parent_run_id:
+        return None
+    hydra_cfg = HydraConfig.get()
+    trial = OmegaConf.select(hydra_cfg.sweeper, "trial")
+    return int(trial) if trial is not None else hydra_cfg.job.num
 
 
 def _import_libraries(tracking_uri: str, with_mlflow: bool) -> None:
@@ -232,44 +248,105 @@ def _record_start(recorder, source: JobSource, typed: Config, model, data, threa
         recorder.log_dataset(data.x_test, data.y_test, data.name, data.digest, data.source)
 
 
-def _train_and_test(typed: Config, source: JobSource, model, data, recorder, overrides, timings):
-    """Train the epochs left (checkpointing each), test once, record the results; returns
+def _train_and_test(
+    typed: Config,
+    source: JobSource,
+    model,
+    data,
+    recorder,
+    overrides: list[str],
+    timings: Timings,
+    compiled,
+    parent_run_id: str | None,
+) -> dict[str, list[float]]:
+    """The steps after the run opened, each done once (see digitcnn.tracking.ledger): the
+    epochs left, checkpointed each; `trained`, `tested`, `model`, `results`. A resumed run
+    does the steps its ledger does not mark done, replaying those already decided. Returns
     every epoch's history."""
     from digitcnn.evaluation.metrics import evaluate
-    from digitcnn.sweeps.search.pruning import end_state_tags, reporters_for
-    from digitcnn.tracking import EpochMetricsLogger, job_record
+    from digitcnn.tracking import job_record
+    from digitcnn.tracking.ledger import Ledger
     from digitcnn.training.batching import predict_probabilities
-    from digitcnn.training.checkpoint import EpochCheckpoint
-    from digitcnn.training.epochs import train_remaining
 
-    checkpoint, done = source.checkpoint, source.epochs_done
-    saver = EpochCheckpoint(
-        Path(typed.paths.output_dir), recorder.run_id, checkpoint.history if checkpoint else {}
-    )
-    # A search's trial hears of epochs still to train; a resumed job whose epochs were all
-    # trained (stopped while it was tested) does not reopen its trial.
-    epochs_left = typed.trainer.epochs - done
-    sweeper = HydraConfig.get().sweeper
-    reporters = reporters_for(sweeper, typed.objective, saver.history) if epochs_left > 0 else []
-    callbacks = [EpochMetricsLogger(recorder), *reporters]
-    trained = train_remaining(typed, model, data, saver, callbacks, timings, done)
-    if reporters:
-        recorder.log_tags(end_state_tags(reporters))
-    if not checkpoint:  # what Keras made of jit_compile (auto: its per-backend choice)
-        recorder.log_params({"derived.jit_compile": model.jit_compile})
+    job = _job_number(parent_run_id)
+    ledger = Ledger(Path(typed.paths.output_dir), recorder.run_id)
 
-    validated = trained.validation_probabilities
+    def step(name: str) -> None:  # a boundary: a test's fault point
+        faults.point(name, recorder.wait_written, job)
+
+    history, validated, trained = _train(typed, source, model, data, recorder, ledger, timings,
+                                         compiled, job)  # fmt: skip
+    if not ledger.done("trained"):
+        recorder.record_step(ledger.intent_file("trained"), ledger.done_file("trained"))
+    step("trained")
+
     if validated is not None and data.x_val is data.x_test:
         probabilities = validated  # dataset.val_size=0: the last validation was this test
     else:
         probabilities = predict_probabilities(model, data.x_test)
     scores = evaluate(probabilities, data.y_test)
-    recorder.log_metrics({**scores.metrics(), **trained.metrics})
-    if typed.tracking.log_model:  # first: a recorder process logs it while figures are drawn
-        job_record.log_model(recorder, typed, model, data, probabilities)
-    job_record.log_results(recorder, source.cfg, typed, data, scores, trained.history, overrides)
-    job_record.say_where(recorder, typed, scores, trained.metrics)
-    return trained.history
+    if not ledger.done("tested"):
+        if ledger.intent("tested") is None:
+            ledger.write_intent("tested", metrics=scores.metrics())
+        recorder.record_step(ledger.intent_file("tested"), ledger.done_file("tested"))
+    step("tested")
+    if typed.tracking.log_model and not ledger.done("model"):
+        # first: a recorder process logs it while the figures are drawn
+        job_record.log_model(recorder, typed, model, data, probabilities, ledger.done_file("model"))
+        step("model")
+    if not ledger.done("results"):
+        job_record.log_results(recorder, source.cfg, typed, data, scores, history, overrides,
+                               ledger.done_file("results"))  # fmt: skip
+        step("results")
+    job_record.say_where(recorder, typed, scores, trained.get("metrics", {}))
+    return history
+
+
+def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timings, compiled,
+           job: int | None):  # fmt: skip
+    """The epochs left, then the `trained` step's intent (how training ended, its timings):
+    (every epoch's history, the last validation's probabilities or None, the intent). A run
+    whose training ended already (the intent exists: its last epoch, or a search's trial
+    pruned) trains nothing more."""
+    from digitcnn.core.errors import InputError
+    from digitcnn.sweeps.search.pruning import end_state_tags, reporters_for
+    from digitcnn.tracking import EpochMetricsLogger
+    from digitcnn.training.checkpoint import EpochCheckpoint
+    from digitcnn.training.epochs import EpochFaultPoints, train_remaining
+
+    checkpoint, done = source.checkpoint, source.epochs_done
+    history = checkpoint.history if checkpoint else {}
+    decided = ledger.intent("trained")
+    if decided is not None:
+        if decided["configured_epochs"] != typed.trainer.epochs:
+            raise InputError(
+                f"trainer.epochs={typed.trainer.epochs} is not allowed: run {ledger.run_id} "
+                f"ended its training after epoch {decided['epochs']} and is being recorded; "
+                "resume it without trainer.epochs"
+            )
+        log.info("training ended after epoch %d; recording: %s", decided["epochs"],
+                 ", ".join(ledger.left()) or "closing")  # fmt: skip
+        return {k: list(v) for k, v in history.items()}, None, decided
+    saver = EpochCheckpoint(Path(typed.paths.output_dir), recorder.run_id, history)
+    # A search's trial hears of epochs still to train; a resumed job whose epochs were all
+    # trained (stopped while it was tested) does not reopen its trial.
+    epochs_left = typed.trainer.epochs - done
+    sweeper = HydraConfig.get().sweeper
+    reporters = reporters_for(sweeper, typed.objective, saver.history) if epochs_left > 0 else []
+    faults_at = EpochFaultPoints(recorder.wait_written, job)
+    callbacks = [EpochMetricsLogger(recorder), *reporters, faults_at]
+    trained = train_remaining(typed, model, data, saver, callbacks, timings, done)
+    metrics = {**trained.metrics, **(compiled.counts if compiled else {})}
+    decided = ledger.write_intent(
+        "trained",
+        epochs=len(saver.history.get("loss", [])),
+        configured_epochs=typed.trainer.epochs,
+        # what Keras made of jit_compile (auto: its per-backend choice)
+        params={"derived.jit_compile": model.jit_compile},
+        metrics=metrics,
+        tags={k: str(v) for k, v in end_state_tags(reporters).items()},
+    )
+    return trained.history, trained.validation_probabilities, decided
 
 
 def record_failed_job(cfg: DictConfig, error: Exception) -> None:

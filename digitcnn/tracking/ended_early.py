@@ -75,6 +75,8 @@ class Explained:
         return f"{resume} continues after epoch {done} of {self.epochs}"
 
     def _stopped(self) -> str:
+        if getattr(self.recorder, "ended", None) == "FINISHED":  # the stop came as it closed
+            return f"run {self.recorder.run_id} ended FINISHED: its record is whole"
         return (
             f"{self._run_state('its recorder did not answer in time')}; "
             f"{self._how_to_go_on(self._done())}"

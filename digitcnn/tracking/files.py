@@ -11,10 +11,11 @@ import pandas as pd
 
 
 def write_files(files: Mapping[str, Any], folder: Path) -> None:
-    """{name: content} as files in `folder`: a figure (PNG, then closed), a frame (CSV), a
-    dict (JSON) or text."""
+    """{name: content} as files in `folder` (a name may hold a subfolder): a figure (PNG,
+    then closed), a frame (CSV), a dict (JSON) or text."""
     for name, content in files.items():
         path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)  # "config/config.yaml"
         if hasattr(content, "savefig"):
             import matplotlib.pyplot as plt
 

@@ -160,8 +160,11 @@ def store_folders(typed: Config) -> list[Path]:
     return folders
 
 
-def log_model(recorder, typed: Config, model: keras.Model, data: Dataset, probabilities) -> None:
-    """The trained model, as a pyfunc over raw pixels, with an example and its requirements."""
+def log_model(
+    recorder, typed: Config, model: keras.Model, data: Dataset, probabilities, done: Path
+) -> None:
+    """The trained model, as a pyfunc over raw pixels, with an example and its requirements;
+    `done`: the ledger's file for the model step."""
     requirements = describe.model_requirements(describe.library_versions())
     example = data.x_test[:2, ..., 0] * data.pixel_max  # raw pixels, as users hold them
     recorder.log_model(
@@ -171,6 +174,7 @@ def log_model(recorder, typed: Config, model: keras.Model, data: Dataset, probab
         data.pixel_max,
         requirements,
         typed.tracking.register_as,
+        done=done,
     )
 
 
@@ -182,8 +186,10 @@ def log_results(
     scores: Evaluation,
     history: dict,
     overrides: list[str],
+    done: Path,
 ) -> None:
-    """The test's figures and tables, and the config the run trained with."""
+    """The test's figures and tables, and the config the run trained with, in one call: the
+    ledger's results step (`done`, its file)."""
     labels = [str(c) for c in range(data.num_classes)]
     recorder.log_files(
         {
@@ -194,14 +200,10 @@ def log_results(
             "misclassified.png": figures.misclassified_figure(
                 data.x_test, data.y_test, scores.predicted
             ),
-        }
-    )
-    recorder.log_files(
-        {
-            "config.yaml": OmegaConf.to_yaml(recorded_config(cfg, typed)),
-            "overrides.yaml": OmegaConf.to_yaml([redact(o) for o in overrides]),
+            "config/config.yaml": OmegaConf.to_yaml(recorded_config(cfg, typed)),
+            "config/overrides.yaml": OmegaConf.to_yaml([redact(o) for o in overrides]),
         },
-        folder="config",
+        done=done,
     )
 
 

@@ -255,31 +255,58 @@ class RemoteRecorder:
     def log_missing_epochs(self, history: Mapping[str, list[float]]) -> None:
         self._process.call("record", "log_missing_epochs", dict(history))
 
+    def record_step(self, intent_file: Path, done_file: Path) -> None:
+        self._post("record_step", intent_file, done_file)
+
+    def wait_written(self) -> None:
+        """Return once the recorder has written everything handed to it so far."""
+        self._process.call("record", "flush")
+
     def prepare_model_logging(self) -> None:
         self._post("prepare_model_logging")
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         self._post("log_file", path, folder)
 
-    def log_folder(self, path: Path, folder: str | None = None) -> None:
-        self._post("log_folder", path, folder)
+    def log_folder(self, path: Path, folder: str | None = None, done: Path | None = None) -> None:
+        self._post("log_folder", path, folder, done)
 
-    def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
+    def log_files(
+        self, files: Mapping[str, Any], folder: str | None = None, done: Path | None = None
+    ) -> None:
         """Written here (figures need matplotlib, not MLflow), logged there."""
         written, remove = _handed_over(lambda tmp: write_files(files, tmp))
-        self._post("log_folder", written, folder, after=remove)
+        self._post("log_folder", written, folder, done, after=remove)
 
-    def log_model(self, model: keras.Model, *details: Any) -> None:
+    def log_model(self, model: keras.Model, *details: Any, done: Path | None = None) -> None:
         """Saved here, logged there (MLflow loads it back to check it) while this process goes
         on; `details` as `Recorder.log_keras_file` takes them after the file."""
         saved, remove = _handed_over(lambda tmp: model.save(tmp / "model.keras"))
-        self._post("log_keras_file", saved / "model.keras", *details, after=remove)
+        self._post("log_keras_file", saved / "model.keras", *details, done=done, after=remove)
 
     def finish(self, error: BaseException | None, trace: str) -> None:
         """End the run (see `tracking.runs.finish_run`) once every call made was answered;
         one that failed fails the run, if the work itself did not. A stopped run (Ctrl-C,
         SIGTERM, SIGHUP) is ended within GRACE_SECONDS, or left open for `resume=` (`ended`
-        stays None)."""
+        stays None).
+
+        A stop that arrives while the run is being ended does not cut that short: the run is
+        ended as it was going to be (FINISHED when its work was done), within GRACE_SECONDS
+        from the stop, and the stop is raised once it is."""
+        stopped = None
+        while True:
+            try:
+                self._finish(error, trace)
+                break
+            except KeyboardInterrupt as stop:
+                shield()
+                stopped = stopped or stop
+                if self._process.deadline is None:
+                    self._process.deadline = time.monotonic() + GRACE_SECONDS
+        if stopped is not None:
+            raise stopped
+
+    def _finish(self, error: BaseException | None, trace: str) -> None:
         if isinstance(error, KeyboardInterrupt):
             shield()
             self._process.deadline = time.monotonic() + GRACE_SECONDS

@@ -26,6 +26,7 @@ from mlflow.utils import requirements_utils
 from digitcnn.core.errors import InputError, TrackingUnavailable
 from digitcnn.core.stops import held
 from digitcnn.tracking.files import write_files
+from digitcnn.tracking.ledger import mark_done, read_intent
 from digitcnn.tracking.store import Store, refusal
 
 if TYPE_CHECKING:
@@ -49,12 +50,20 @@ _UNREACHABLE = re.compile(
 )
 
 
+# A local SQLite store that another process holds write-locked past SQLite's own wait (a
+# backup, `mlflow gc`, a long query): like a server away, it answers later. MLflow's session
+# rolled the failed write back, so writing it again writes it once.
+_LOCKED = "database is locked"
+
+
 def _unreachable(exc: BaseException) -> bool:
-    """Whether `exc` says the tracking server could not be reached (down, restarting, a
-    network blip), as opposed to refusing or failing the request."""
+    """Whether `exc` says the store could not be reached for now (a server down, restarting,
+    a network blip; a SQLite file locked by another process), as opposed to refusing or
+    failing the request."""
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
-    return isinstance(exc, Exception) and bool(_UNREACHABLE.search(str(exc)))
+    text = str(exc)
+    return isinstance(exc, Exception) and (bool(_UNREACHABLE.search(text)) or _LOCKED in text)
 
 
 class Recorder:
@@ -94,31 +103,38 @@ class Recorder:
             except Exception as exc:
                 if not _unreachable(exc):
                     raise
-                self._wait_out(delay)
+                self._wait_out(delay, locked=_LOCKED in str(exc))
                 delay = min(delay * 2, 15.0)
                 continue
             with self._lock:
                 if self._outage_since is not None:
                     gone = time.monotonic() - self._outage_since
-                    log.info("tracking server back after %.0f s; records written", gone)
+                    log.info("tracking store back after %.0f s; records written", gone)
                     self._outage_since = None
             return result
 
-    def _wait_out(self, delay: float) -> None:
+    def _wait_out(self, delay: float, locked: bool = False) -> None:
+        what = (
+            "the store's database was locked by another process"
+            if locked
+            else ("the tracking server was unreachable")
+        )
         with self._lock:
             now = time.monotonic()
             if self._outage_since is None:
                 self._outage_since = now
                 log.warning(
-                    "tracking server unreachable: training goes on, records wait (up to %.0f s, "
+                    "%s: training goes on, records wait (up to %.0f s, "
                     "tracking.outage_limit_seconds)",
+                    "tracking store locked by another process"
+                    if locked
+                    else "tracking server unreachable",
                     self.outage_limit,
                 )
             left = self._outage_since + self.outage_limit - now
             if left <= 0:
                 self.unavailable = self.unavailable or TrackingUnavailable(
-                    f"the tracking server was unreachable for over {self.outage_limit:.0f} s "
-                    "(tracking.outage_limit_seconds)"
+                    f"{what} for over {self.outage_limit:.0f} s (tracking.outage_limit_seconds)"
                 )
                 raise self.unavailable
         time.sleep(min(delay, left))
@@ -155,6 +171,24 @@ class Recorder:
                 self._epochs.all_tasks_done.wait(left)
         if self.unavailable is not None:
             raise self.unavailable
+
+    def wait_written(self) -> None:
+        """Return once everything handed over so far is in the store (a fault point's
+        settle: see digitcnn.core.faults)."""
+        self.flush()
+
+    def record_step(self, intent_file: Path, done_file: Path) -> None:
+        """Write a step's intent (see digitcnn.tracking.ledger) as it was decided: its params,
+        its tags, its metrics at step 0 with the intent's timestamp (MLflow stores a metric it
+        already has once); then mark the step done."""
+        intent = read_intent(intent_file)
+        if intent.get("params"):
+            self.log_params(intent["params"])
+        if intent.get("metrics"):
+            self.log_metrics(intent["metrics"], timestamp=intent["timestamp"])
+        if intent.get("tags"):
+            self.log_tags(intent["tags"])
+        mark_done(done_file, self.run_id)
 
     def log_missing_epochs(self, history: Mapping[str, list[float]]) -> None:
         """Record the epochs of `history` (a checkpoint's) that the run lacks: those whose
@@ -231,16 +265,23 @@ class Recorder:
         with self._whole_or_none():
             self._call(self.client.log_artifact, self.run_id, str(path), folder)
 
-    def log_folder(self, path: Path, folder: str | None = None) -> None:
+    def log_folder(self, path: Path, folder: str | None = None, done: Path | None = None) -> None:
+        """The files under `path` as artifacts under `folder`; then the ledger's `done` file
+        of the step they make, if given (artifacts keep their paths: logging them again
+        changes nothing)."""
         with self._whole_or_none():
             self._call(self.client.log_artifacts, self.run_id, str(path), folder)
+        if done is not None:
+            mark_done(done, self.run_id)
 
-    def log_files(self, files: Mapping[str, Any], folder: str | None = None) -> None:
+    def log_files(
+        self, files: Mapping[str, Any], folder: str | None = None, done: Path | None = None
+    ) -> None:
         """Write {name: content} (see `write_files`) to a temporary folder and log it. A file
         lands in the store whole, or the call fails."""
         with tempfile.TemporaryDirectory() as tmp:
             write_files(files, Path(tmp))
-            self.log_folder(Path(tmp), folder)
+            self.log_folder(Path(tmp), folder, done)
 
     @contextmanager
     def _whole_or_none(self) -> Iterator[None]:
@@ -258,14 +299,14 @@ class Recorder:
                     path.unlink(missing_ok=True)
             raise
 
-    def log_model(self, model: keras.Model, *details: Any) -> None:
+    def log_model(self, model: keras.Model, *details: Any, done: Path | None = None) -> None:
         """The trained model, saved to a temporary file and logged by `log_keras_file`, which
         takes `details` after the file."""
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
             with held():  # see digitcnn.core.stops.held
                 model.save(keras_file)
-            self.log_keras_file(keras_file, *details)
+            self.log_keras_file(keras_file, *details, done=done)
 
     def log_keras_file(
         self,
@@ -275,16 +316,29 @@ class Recorder:
         pixel_max: int,
         requirements: list[str],
         register_as: str | None = None,
+        done: Path | None = None,
     ) -> None:
         """A saved Keras model as a pyfunc over raw pixel images (see digitcnn.serving.pyfunc), with
         signature and input example (`probabilities`: the model's answer to `example`);
         registered as a version of `register_as` if given. MLflow loads the logged model back
-        and runs the example through it, so Keras must be importable here."""
+        and runs the example through it, so Keras must be importable here.
+
+        Once per run however often it is asked (a resumed run's model step, a call retried
+        while the store was away): a READY model this run logged is kept, and one whose upload
+        was cut is deleted before the model is logged again. Then the ledger's `done`."""
         from mlflow.models import infer_signature
 
         from digitcnn.core import paths
         from digitcnn.serving import pyfunc
 
+        kept = self._logged_model()
+        if kept is not None:
+            log.info("model %s was logged before the stop: kept", kept.model_id)
+            if register_as:
+                self._register_once(kept.model_id, register_as)
+            if done is not None:
+                mark_done(done, self.run_id)
+            return
         if self._package_scan is not None:
             self._package_scan.join()
         self._call(
@@ -299,6 +353,33 @@ class Recorder:
             pip_requirements=requirements,  # pinned here: inferring them costs seconds
             registered_model_name=register_as,
         )
+        if done is not None:
+            mark_done(done, self.run_id)
+
+    def _logged_model(self):
+        """This run's READY logged model, if it has one; models it left unfinished (an upload
+        cut by a kill or a full disk) are deleted on the way."""
+        experiment_id = self._call(self.client.get_run, self.run_id).info.experiment_id
+        models = self._call(
+            self.client.search_logged_models,
+            [experiment_id],
+            filter_string=f"source_run_id = '{self.run_id}'",
+        )
+        ready = None
+        for model in models:
+            if str(model.status) == "READY" and ready is None:
+                ready = model
+            elif str(model.status) != "READY":
+                self._call(self.client.delete_logged_model, model.model_id)
+        return ready
+
+    def _register_once(self, model_id: str, name: str) -> None:
+        """Model `model_id` as a version of registered model `name`, unless it is one."""
+        versions = self._call(
+            self.client.search_model_versions, f"name = '{name}' and run_id = '{self.run_id}'"
+        )
+        if not versions:
+            self._call(mlflow.register_model, f"models:/{model_id}", name)
 
 
 def _file_sizes(folder: Path) -> dict[Path, int]:
@@ -321,6 +402,8 @@ def open_run(
     try:
         if run_id:
             run = mlflow.start_run(run_id=run_id)
+            if "stopped_by" in run.data.tags:  # it goes on: what stopped it is over
+                store.client.delete_tag(run_id, "stopped_by")
         else:
             run = mlflow.start_run(
                 experiment_id=store.experiment_id,
@@ -405,10 +488,21 @@ def tracked_run(store: Store, *args: Any, **kwargs: Any) -> Iterator[Recorder]:
     FINISHED, FAILED (traceback logged) or KILLED (Ctrl-C), never open; after `outage_limit`
     seconds without the server, FAILED if the server takes that call, and
     `TrackingUnavailable` is raised."""
+    from digitcnn.core.stops import shield
+
     recorder = open_run(store, *args, **kwargs)
     try:
         yield recorder
     except BaseException as exc:
         finish_run(recorder, exc, traceback.format_exc())
         raise
-    finish_run(recorder, None)
+    stopped = None
+    while True:  # a stop while the finished work is being closed: closed all the same, then
+        try:  # the stop goes on (its line says the run FINISHED)
+            finish_run(recorder, None)
+            break
+        except KeyboardInterrupt as stop:
+            shield()
+            stopped = stopped or stop
+    if stopped is not None:
+        raise stopped

@@ -26,6 +26,7 @@ from digitcnn.tracking.channel import Channel, ChannelClosed
 # What the training process may ask of the open run (Recorder's methods).
 RECORDER_CALLS = frozenset(
     {
+        "flush",
         "log_dataset",
         "log_epoch",
         "log_file",
@@ -37,6 +38,7 @@ RECORDER_CALLS = frozenset(
         "log_params",
         "log_tags",
         "prepare_model_logging",
+        "record_step",
     }
 )
 

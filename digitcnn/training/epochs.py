@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from digitcnn.core import faults
 from digitcnn.core.config import Config
 from digitcnn.data import Dataset
 from digitcnn.training import debug
@@ -41,7 +42,7 @@ def train_remaining(
     when all were trained already (a run stopped while it was tested and recorded)."""
     if done >= typed.trainer.epochs:
         log.info("all %d epochs were trained; evaluating and recording", done)
-        return Trained(saver.history)
+        return Trained(saver.history, history_metrics(saver.history, len(data.x_train)))
     timings.set("fit_start_seconds", process_age())
     checks = debug.callbacks(typed, Path(typed.paths.output_dir))
     result = train(
@@ -54,11 +55,33 @@ def train_remaining(
         seed=typed.seed + done,
     )
     timings.set("fit_seconds", result.train_seconds)
-    metrics = fit_metrics(result, len(data.x_train))
+    if done:  # a resumed run: the time of all its epochs, whichever process trained them
+        metrics = history_metrics(saver.history, len(data.x_train))
+    else:
+        metrics = fit_metrics(result, len(data.x_train))
     for name, value in metrics.items():
         timings.set(name, value)
     metrics |= debug.verdict(typed, checks, saver.history)
     return Trained(saver.history, metrics, result.validation_probabilities)
+
+
+def history_metrics(history: dict[str, list[float]], train_size: int) -> dict[str, float]:
+    """`fit_metrics` of a run trained by several processes (stopped and resumed), from each
+    epoch's own time in its history: `train_seconds` is their sum (the time between epochs,
+    a resumed process's start-up, is not in it), `first_epoch_seconds` the run's first
+    epoch's, the steady state the median of the others."""
+    seconds = history.get("epoch_seconds") or [0.0]
+    total = sum(seconds)
+    metrics = {
+        "train_seconds": total,
+        "images_per_second": train_size * len(seconds) / total if total > 0 else 0.0,
+        "first_epoch_seconds": seconds[0],
+    }
+    if len(seconds) > 1:
+        steady = sorted(seconds[1:])[len(seconds[1:]) // 2]
+        metrics["steady_images_per_second"] = train_size / steady
+        metrics["warmup_seconds"] = max(seconds[0] - steady, 0.0)
+    return metrics
 
 
 def fit_metrics(result: TrainResult, train_size: int) -> dict[str, float]:
@@ -76,3 +99,15 @@ def fit_metrics(result: TrainResult, train_size: int) -> dict[str, float]:
         metrics["steady_images_per_second"] = train_size / steady
         metrics["warmup_seconds"] = max(seconds[0] - steady, 0.0)
     return metrics
+
+
+class EpochFaultPoints(keras.callbacks.Callback):
+    """The fault point after each epoch (`epoch-N`, see digitcnn.core.faults): its checkpoint
+    saved and its metrics written by `settle`. Last in the callbacks."""
+
+    def __init__(self, settle, job: int | None = None) -> None:
+        super().__init__()
+        self.settle, self.job = settle, job
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        faults.point(f"epoch-{epoch + 1}", self.settle, self.job)
