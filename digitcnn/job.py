@@ -318,6 +318,12 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
     history = checkpoint.history if checkpoint else {}
     decided = ledger.intent("trained")
     if decided is not None:
+        if decided["epochs"] != done:  # its checkpoint is damaged, an earlier one was read
+            raise InputError(
+                f"the checkpoint of epoch {decided['epochs']}, whose model run "
+                f"{ledger.run_id} was being tested and recorded with, is damaged; the run "
+                "cannot be finished: start it again"
+            )
         if decided["configured_epochs"] != typed.trainer.epochs:
             raise InputError(
                 f"trainer.epochs={typed.trainer.epochs} is not allowed: run {ledger.run_id} "

@@ -247,3 +247,79 @@ def test_a_kill_while_the_model_uploads_leaves_no_unfinished_model_once_resumed(
     assert run.info.status == "FINISHED"
     models = client.search_logged_models([run.info.experiment_id])
     assert [(m.source_run_id, str(m.status)) for m in models] == [(run.info.run_id, "READY")]
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_it(tmp_path):
+    """Killed after epoch 3 (a fault point), the latest checkpoint then cut in half and its
+    state truncated, and a killed save's file left behind: resume= goes on from epoch 2 with
+    one line saying why, records every epoch once, and leaves no partial file. With every
+    checkpoint damaged, resume= refuses in one line, changing nothing."""
+    args = ("experiment=quick", "trainer.epochs=4", "tracking.experiment=cut")
+    killed = run_cli(tmp_path, *args, env={"DIGITCNN_FAULT": "epoch-3:SIGKILL"})
+    assert killed.returncode == -9, failure_report(killed)
+    (folder,) = tmp_path.glob("outputs/*/*")
+    checkpoint = folder / "checkpoint"
+    assert sorted(p.name for p in checkpoint.glob("epoch-*")) == [
+        "epoch-002.json", "epoch-002.keras", "epoch-003.json", "epoch-003.keras",
+    ]  # fmt: skip
+    latest = checkpoint / "epoch-003.keras"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    (checkpoint / "state.json").write_text('{"epoch": 3, "model_f')
+    (checkpoint / ".epoch-004.999999.partial.keras").write_bytes(b"cut")
+    earlier = checkpoint / "epoch-002.keras"
+    whole = earlier.read_bytes()
+    earlier.write_bytes(whole[:100])
+
+    refused = run_cli(tmp_path, f"resume={folder}")
+    assert refused.returncode == 2, failure_report(refused)
+    (line,) = error_lines(refused.stderr)
+    assert "no whole checkpoint in" in line and "epoch-003.keras is damaged" in line, line
+    assert "Traceback" not in refused.stdout + refused.stderr
+
+    earlier.write_bytes(whole)
+    resumed = run_cli(tmp_path, f"resume={folder}")
+    assert resumed.returncode == 0, failure_report(resumed)
+    (said,) = [ln for ln in resumed.stderr.splitlines() if "checkpoint: " in ln]
+    assert "epoch-003.keras is damaged" in said and "going on from epoch 2" in said, said
+    assert not partial_files(tmp_path)
+    client, run = only_run(tmp_path, "cut")
+    assert run.info.status == "FINISHED"
+    for key in ("loss", "val_accuracy", "epoch_seconds"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [
+            1, 2, 3, 4,
+        ]  # fmt: skip
+
+
+def test_a_store_locked_by_another_process_mid_run_is_waited_for(tmp_path):
+    """Another process holds the SQLite store write-locked for longer than SQLite's own wait
+    (MLflow's 20 s busy timeout) from the first checkpoint on, as a backup or `mlflow gc`
+    does: training goes on, the run says once that its records wait, then writes them:
+    FINISHED, every epoch once, every metric there, no traceback."""
+    import json
+    import sqlite3
+    import time
+
+    from tests.conftest import start_cli
+
+    proc = start_cli(tmp_path, "experiment=quick", "trainer.epochs=3", "tracking.experiment=locked")
+    db = tmp_path / "mlruns" / "mlflow.db"
+    deadline = time.monotonic() + 240
+    while not any(
+        json.loads(p.read_text())["epoch"] >= 1
+        for p in tmp_path.glob("outputs/*/*/checkpoint/state.json")
+    ):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.02)
+    lock = sqlite3.connect(db, timeout=60, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        time.sleep(25)
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and output.count("tracking store locked") == 1, output
+    client, run = only_run(tmp_path, "locked")
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3]

@@ -49,9 +49,12 @@ class Explained:
         return False
 
     def _done(self) -> int:
-        from digitcnn.training.checkpoint import read_checkpoint
+        from digitcnn.training.checkpoint import DamagedCheckpoint, read_checkpoint
 
-        checkpoint = read_checkpoint(self.output_dir)
+        try:
+            checkpoint = read_checkpoint(self.output_dir)
+        except DamagedCheckpoint:
+            return 0
         return checkpoint.epoch if checkpoint else 0
 
     def _run_state(self, default: str) -> str:

@@ -100,13 +100,26 @@ def _resume(cfg: DictConfig, overrides: list[str], held: ExitStack) -> JobSource
     if folder.is_dir():
         held.enter_context(writing(folder, f"resume={cfg.resume}"))
     recorded = folder / RESOLVED_CONFIG
-    saved = OmegaConf.load(recorded) if recorded.is_file() else None
+    try:
+        saved = OmegaConf.load(recorded) if recorded.is_file() else None
+    except Exception as exc:  # a damaged file: OmegaConf's and YAML's errors alike
+        raise InputError(
+            f"resume={cfg.resume!r}: {recorded} cannot be read ({type(exc).__name__}); "
+            "the run's config is lost: start it again, or rerun= its run"
+        ) from None
     if saved is not None:  # Keras is imported on the run's own backend, not the command line's
         select_backend(saved.get("backend", "tensorflow"))
     import_keras_quietly()
-    from digitcnn.training.checkpoint import read_checkpoint  # imports Keras: only when resuming
+    # imports Keras: only when resuming
+    from digitcnn.training.checkpoint import DamagedCheckpoint, read_checkpoint
 
-    checkpoint = read_checkpoint(folder)
+    try:
+        checkpoint = read_checkpoint(folder)
+    except DamagedCheckpoint as exc:
+        raise InputError(
+            f"resume={cfg.resume!r}: no whole checkpoint in {folder / 'checkpoint'} ({exc}); "
+            "the run cannot go on from it: start it again"
+        ) from None
     if checkpoint is None or saved is None:
         raise InputError(f"resume={cfg.resume!r}: no checkpoint in {folder} (no epoch finished)")
     if any(o.startswith("trainer.epochs=") for o in overrides):
@@ -132,13 +145,16 @@ def continue_attempt(run, held: ExitStack) -> JobSource | None:
     """A sweep job's earlier, unfinished attempt (an MLflow run), continued from its last
     checkpoint, held for this process in `held`; None when it has none here (no epoch
     finished, or its folder is on a machine that is gone)."""
-    from digitcnn.training.checkpoint import read_checkpoint
+    from digitcnn.training.checkpoint import DamagedCheckpoint, read_checkpoint
 
     folder = Path(run.data.tags.get("hydra.output_dir", "/nonexistent"))
     if not folder.is_dir():
         return None
     held.enter_context(writing(folder, f"job {run.info.run_id}"))
-    checkpoint = read_checkpoint(folder)
+    try:
+        checkpoint = read_checkpoint(folder)
+    except DamagedCheckpoint:  # logged: the job starts over
+        return None
     if checkpoint is None or checkpoint.run_id != run.info.run_id:
         return None
     if not (folder / RESOLVED_CONFIG).is_file():

@@ -56,6 +56,17 @@ _UNREACHABLE = re.compile(
 _LOCKED = "database is locked"
 
 
+class _LockedQuietly(logging.Filter):
+    """MLflow logs each failed SQLite write with its traceback; a lock held by another
+    process is waited out by `Recorder._call`, which says so in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _LOCKED not in record.getMessage()
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_LockedQuietly())
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Whether `exc` says the store could not be reached for now (a server down, restarting,
     a network blip; a SQLite file locked by another process), as opposed to refusing or
@@ -89,6 +100,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._epochs: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
+        self._recorded_steps: set[int] = set()  # epochs a resumed run has recorded already
         self.ended: str | None = None  # the status `finish_run` ended the run with
 
     def _call(self, fn, *args, **kwargs):
@@ -145,6 +157,8 @@ class Recorder:
             self._writer = threading.Thread(target=self._write_epochs, daemon=True,
                                             name="digitcnn-epoch-metrics")  # fmt: skip
             self._writer.start()
+        if step in self._recorded_steps:  # retrained after a damaged checkpoint: kept once
+            return
         self._epochs.put((dict(metrics), step, int(time.time() * 1000)))
 
     def _write_epochs(self) -> None:
@@ -194,6 +208,7 @@ class Recorder:
         """Record the epochs of `history` (a checkpoint's) that the run lacks: those whose
         metrics were waiting when an outage ended the process."""
         recorded = {m.step for m in self._call(self.client.get_metric_history, self.run_id, "loss")}
+        self._recorded_steps = recorded
         epochs = max((len(v) for v in history.values()), default=0)
         for epoch in range(1, epochs + 1):
             if epoch not in recorded:

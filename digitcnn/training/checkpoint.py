@@ -1,15 +1,23 @@
 """Per-epoch checkpoints in a run's output folder, and reading them back to resume.
 
-A checkpoint is `checkpoint/epoch-NNN.keras` (weights and optimizer state) plus
-`checkpoint/state.json` (epochs done, history so far, Python and NumPy RNG states, the MLflow
-run id). Both are written under temporary names and renamed once whole (digitcnn.core.disk), the
-model file first, so the state always names a complete model file, also after a full disk.
+A checkpoint is `checkpoint/epoch-NNN.keras` (weights and optimizer state) plus its state,
+`checkpoint/epoch-NNN.json` (epochs done, history so far, Python and NumPy RNG states, the
+MLflow run id), copied to `checkpoint/state.json` for the latest. Each is written under a
+temporary name and renamed once whole (digitcnn.core.disk), the model file first, so a state
+always names a complete model file, also after a full disk.
+
+The previous epoch's checkpoint is kept until the next one is whole: a checkpoint damaged
+afterwards (a disk error, a file cut by hand) makes a resume fall back to the one before it,
+with a line saying so. Files a killed save left under temporary names are removed at the next
+save (one process writes a run's folder: digitcnn.core.writer_lock).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,8 @@ from digitcnn.core.disk import write_text_whole, written_whole
 
 FOLDER = "checkpoint"
 STATE = "state.json"
+KEPT = 2  # checkpoints kept: the latest, and the one to fall back to
+log = logging.getLogger("digitcnn")
 
 
 @dataclass(frozen=True)
@@ -59,36 +69,86 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        for left in self.folder.glob(".*.partial*"):  # a killed save's; never this one's
+            left.unlink(missing_ok=True)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        model_file = self.folder / f"epoch-{epoch + 1:03d}.keras"
+        name = f"epoch-{epoch + 1:03d}"
+        model_file = self.folder / f"{name}.keras"
         with written_whole(model_file) as partial, stops.held():  # see stops.held
             self.model.save(partial)
-        state = {
-            "epoch": epoch + 1,
-            "model_file": model_file.name,
-            "history": self.history,
-            "run_id": self.run_id,
-            "rng": _rng_state(),
-        }
-        write_text_whole(self.folder / STATE, json.dumps(state))
-        for old in self.folder.glob("epoch-*.keras"):
-            if old != model_file:
-                old.unlink()
+        state = json.dumps(
+            {
+                "epoch": epoch + 1,
+                "model_file": model_file.name,
+                "history": self.history,
+                "run_id": self.run_id,
+                "rng": _rng_state(),
+            }
+        )
+        write_text_whole(self.folder / f"{name}.json", state)
+        write_text_whole(self.folder / STATE, state)
+        for old in sorted(self.folder.glob("epoch-*.*"))[: -2 * KEPT]:  # .json, .keras each
+            old.unlink()
+
+
+class DamagedCheckpoint(Exception):
+    """Every checkpoint of a run is damaged (no state reads, or no model file opens)."""
+
+
+def _states(folder: Path) -> list[Path]:
+    """The state files to try, newest first: the latest's copy, then each epoch's."""
+    return [folder / STATE, *sorted(folder.glob("epoch-*.json"), reverse=True)]
+
+
+def _usable(folder: Path, path: Path) -> tuple[dict | None, str]:
+    """A state file's content if it and its model file are whole; else None and why not."""
+    try:
+        state = json.loads(path.read_text())
+        model_file = folder / state["model_file"]
+        int(state["epoch"]), state["history"], state["run_id"], state["rng"]
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"{path.name} cannot be read ({type(exc).__name__})"
+    if not model_file.is_file():
+        return None, f"{model_file.name} is missing"
+    try:
+        with zipfile.ZipFile(model_file) as archive:  # a .keras file is a zip: a cut one fails
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as exc:
+        return None, f"{model_file.name} is damaged ({exc})"
+    if bad is not None:
+        return None, f"{model_file.name} is damaged ({bad} does not match its checksum)"
+    return state, ""
 
 
 def read_checkpoint(output_dir: Path) -> Checkpoint | None:
-    """The last completed checkpoint in a run's output folder, or None."""
+    """The last whole checkpoint in a run's output folder; None when it has none. A damaged
+    latest checkpoint falls back to the one before it, with a line saying so;
+    `DamagedCheckpoint` when none is whole."""
     folder = Path(output_dir) / FOLDER
-    try:
-        state = json.loads((folder / STATE).read_text())
-    except FileNotFoundError:
-        return None
-    return Checkpoint(
-        folder=folder,
-        epoch=int(state["epoch"]),
-        model_file=folder / state["model_file"],
-        history=state["history"],
-        run_id=state["run_id"],
-        rng=state["rng"],
-    )
+    damaged = []
+    for path in _states(folder):
+        state, why = _usable(folder, path)
+        if state is None:
+            if why and why not in damaged:
+                damaged.append(why)
+            continue
+        if damaged:
+            log.warning(
+                "checkpoint: %s; going on from epoch %d, the last whole checkpoint",
+                "; ".join(damaged),
+                state["epoch"],
+            )
+        return Checkpoint(
+            folder=folder,
+            epoch=int(state["epoch"]),
+            model_file=folder / state["model_file"],
+            history=state["history"],
+            run_id=state["run_id"],
+            rng=state["rng"],
+        )
+    if damaged:
+        raise DamagedCheckpoint("; ".join(damaged))
+    return None
