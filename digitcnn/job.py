@@ -8,6 +8,7 @@ writer lock, its recorder, its timings.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import ExitStack
 from importlib import import_module
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from digitcnn.core import faults, stops
 from digitcnn.core.config import Config, to_typed
 from digitcnn.core.disk import write_text_whole
+from digitcnn.core.extras import is_ray_launcher
 from digitcnn.core.runtime import import_keras_quietly
 from digitcnn.core.writer_lock import writing
 from digitcnn.tracking.recording import open_recording
@@ -39,6 +41,10 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     timings.set("compose_seconds", compose_seconds)
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep_pid = int(os.environ.get(stops.SWEEP_PID, "0"))
+    # A launcher's worker process on the sweep's machine (a Ray node has its own pids).
+    if in_sweep and sweep_pid not in (0, os.getpid()) and not is_ray_launcher(hydra_cfg.launcher):
+        stops.stop_when_gone(sweep_pid)
     select_backend(cfg.backend)  # before anything imports Keras
     if in_sweep and cfg.resume:  # it names the sweep, whose parent run the callback reopened
         cfg = cfg.copy()

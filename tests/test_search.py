@@ -277,3 +277,27 @@ def test_processes_opening_a_new_postgresql_study_database_at_once_all_get_it():
     with postgres() as database:
         assert _open_all_at_once(str(database)) == ["opened"] * 4
         assert optuna.get_all_study_names(str(database)) == []
+
+
+def test_a_study_with_damaged_pages_is_one_line_before_the_parent_run_opens(tmp_path):
+    """A study database whose header and schema still read but whose pages are damaged (a
+    disk error, a copy cut short): one line naming it and what to do, no run opened."""
+    import sqlite3
+
+    study = tmp_path / "mlruns" / "optuna.db"
+    study.parent.mkdir(parents=True)
+    with sqlite3.connect(study) as db:
+        db.execute("CREATE TABLE filler (x TEXT)")
+        db.executemany("INSERT INTO filler VALUES (?)", [("x" * 500,)] * 200)
+    data = bytearray(study.read_bytes())
+    for i in range(3 * 4096, len(data), 7):  # past the header and the schema's page
+        data[i] = (data[i] * 31 + 7) % 256
+    study.write_bytes(bytes(data))
+    proc = run_cli(tmp_path, "-m", *SEARCH)
+    assert proc.returncode == 2, failure_report(proc)
+    output = proc.stdout + proc.stderr
+    (line,) = [ln for ln in output.splitlines() if "error:" in ln]
+    assert f"the study's database {study} is damaged" in line and "mv " in line, line
+    assert "Traceback" not in output
+    experiment = client_for(tmp_path).get_experiment_by_name("quick")
+    assert experiment is None or not client_for(tmp_path).search_runs([experiment.experiment_id])

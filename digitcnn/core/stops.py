@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -221,3 +222,32 @@ def forward(signum: int, pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):  # ended meanwhile
             os.kill(pid, signum)
+
+
+SWEEP_PID = "DIGITCNN_SWEEP_PID"  # the sweep's own process, for its launcher's workers
+_watching: list[int] = []
+
+
+def stop_when_gone(pid: int, every: float = 1.0) -> None:
+    """In a launcher's worker: once process `pid` (the sweep's) is gone, killed without a
+    word to its workers (SIGKILL, the OOM killer), stop this process as SIGTERM would (its
+    job's run ends KILLED), and end it if that has not within GRACE_SECONDS. Once per
+    process."""
+    if _watching:
+        return
+    _watching.append(pid)
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, another user's: not ours to watch
+                continue
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(GRACE_SECONDS + 5)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="digitcnn-sweep-watch", daemon=True).start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -108,6 +109,8 @@ class MlflowSweepCallback(Callback):
         return self.__dict__ | {"_held": ExitStack()}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A launcher's workers, started from here on, stop when this process is gone.
+        os.environ[stops.SWEEP_PID] = str(os.getpid())
         # The Ray launcher logs its `ray.init` settings, credentials for the workers included.
         hide_secrets_in_logs("hydra_plugins.hydra_ray_launcher._launcher_util")
         try:
@@ -236,7 +239,9 @@ def _record_summary(recorder, jobs: list, objective: str, register_as: str | Non
             version = records.set_champion(recorder.client, register_as, best["run_id"])
             recorder.log_tags({"best.model_version": f"{register_as}/{version}"})
             log.info("alias champion -> %s version %s", register_as, version)
-    recorder.log_metrics({k: float(v) for k, v in metrics.items() if not _is_nan(v)})
+    recorder.log_metrics(
+        {k: float(v) for k, v in metrics.items() if not _is_nan(v)}, timestamp=summary.stamp(jobs)
+    )
     log.info("sweep summary:\n%s", summary.markdown(table))
 
 

@@ -121,6 +121,7 @@ def sweep_records(cfg: TrackingConfig, parent_run_id: str) -> tuple[Recorder, li
             overrides=json.loads(run.data.tags.get("overrides", "[]")),
             metrics=dict(run.data.metrics),
             pruned_at_epoch=_int_or_none(run.data.tags.get(PRUNED_AT_TAG)),
+            ended_at=run.info.end_time or 0,
         )
         for run in children
     ]

@@ -23,6 +23,7 @@ class JobRecord:
     overrides: list[str]  # this job's own overrides, as Hydra gave them
     metrics: dict[str, float]
     pruned_at_epoch: int | None = None  # an Optuna trial stopped early by the pruner
+    ended_at: int = 0  # when its run ended (ms since the epoch; 0: still open)
 
 
 def _parse(override: str) -> tuple[str, str]:
@@ -115,3 +116,10 @@ def objective_plot(records: list[JobRecord], objective: str) -> Figure:
                 points.append((value, r.metrics[objective]))
         series[key] = points
     return objective_figure(series, objective)
+
+
+def stamp(jobs: list[JobRecord]) -> int:
+    """The timestamp a sweep's summary metrics are logged with: when the last of its jobs
+    ended. A resumed sweep whose jobs did not change logs the same rows again, which MLflow
+    stores once; one whose jobs changed logs a later row, the summary's latest value."""
+    return max((job.ended_at for job in jobs), default=0) or 1

@@ -113,7 +113,10 @@ def record(study, trials: list, client, parent: str, names: list[str]) -> None:
     if len(names) == 1 and best:
         metrics[f"best_trial_{names[0]}"] = best[0].value
         recorder.log_tags({"search.best_trial": best[0].number})
-    recorder.log_metrics(metrics)
+    # Stamped when the last trial ended: a resumed search whose trials did not change logs
+    # the same rows, which MLflow stores once (see digitcnn.sweeps.summary.stamp).
+    ended = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
+    recorder.log_metrics(metrics, timestamp=int(max(ended, default=0) * 1000) or 1)
     pruned = table[table["state"] == "PRUNED"] if not table.empty else table
     log.info(
         "search: %d trials, %d pruned (%s), %d epochs trained",
