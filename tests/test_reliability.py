@@ -264,31 +264,6 @@ def test_runs_started_together_on_a_new_store_are_all_recorded(tmp_path):
     assert all("test_accuracy" in run.data.metrics for run in runs)
 
 
-def test_a_run_killed_while_recording_is_finished_by_resume(tmp_path):
-    """SIGKILL after the last epoch's checkpoint, while the run tests and records: the run is
-    left RUNNING without a result; resume= tests the checkpoint, records, and closes it."""
-    proc = start_cli(
-        tmp_path, *DIGITS, "trainer.epochs=2", "trainer.batch_size=4", "tracking.experiment=rec"
-    )
-    wait_for_epoch(tmp_path, 2, proc)
-    proc.kill()
-    proc.wait(timeout=60)
-    client, run = only_run(tmp_path, "rec")
-    assert run.info.status == "RUNNING"  # its model takes seconds to log: it was cut short
-
-    resumed = run_cli(tmp_path, f"resume={run.info.run_id}")
-    assert resumed.returncode == 0, failure_report(resumed)
-    client, run = only_run(tmp_path, "rec")
-    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
-    assert sorted(steps) == [1, 2]  # no epoch trained twice
-    names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confusion_matrix.png", "misclassified.png", "config"} <= names
-
-    again = run_cli(tmp_path, f"resume={run.info.run_id}")
-    assert again.returncode == 2 and "already has 2 epochs" in again.stderr
-
-
 @pytest.mark.skipif(not ON_LINUX, reason="reads /proc")
 def test_a_recorder_process_killed_mid_training_leaves_the_run_to_resume(tmp_path):
     """A single run's recorder process (MLflow) killed while the model trains: training stops

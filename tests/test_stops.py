@@ -79,30 +79,6 @@ def test_a_stop_signal_ends_a_single_run_killed_with_one_line(tmp_path, signum, 
         assert sorted(steps(client, run.info.run_id)) == list(range(1, done + 2))
 
 
-def test_a_stop_while_the_run_records_its_results_leaves_them_to_resume(tmp_path):
-    """SIGTERM once the last epoch is checkpointed, while the run tests the model and logs
-    it (seconds of work in the recorder process): KILLED within the grace, and resume=
-    records the results from the checkpoint."""
-    proc = start_cli(
-        tmp_path, *SLOW, "trainer.batch_size=8", "trainer.epochs=2", "tracking.experiment=rec"
-    )
-    folder = wait_for_epoch(tmp_path, 2, proc)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0]
-    assert time.monotonic() - sent < GRACE_SECONDS + 5
-    assert proc.returncode == 143, output[-3000:]
-    client, run = only_run(tmp_path, "rec")
-    assert run.info.status == "KILLED" and "Traceback" not in output
-    assert f"resume={folder}` tests and records its 2 checkpointed epochs" in stop_line(output)
-
-    resumed = run_cli(tmp_path, f"resume={run.info.run_id}")
-    assert resumed.returncode == 0, failure_report(resumed)
-    client, run = only_run(tmp_path, "rec")
-    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
-    assert sorted(steps(client, run.info.run_id)) == [1, 2]
-
-
 def test_a_stop_with_the_tracking_server_hung_exits_within_the_grace(tmp_path, mlflow_server):
     """The server stops answering (SIGSTOP: a hung machine, a network that drops packets),
     then the scheduler sends SIGTERM: the process still exits well inside 30 s, says the run

@@ -85,14 +85,20 @@ def _close_stopped(config: DictConfig, run_id: str, stopped: stops.Stopped) -> N
     from digitcnn import tracking
     from digitcnn.sweeps import records
 
-    store = tracking.client_for(_tracking(config))
-    finished, others = records.stop_sweep(store, run_id, stopped.name)
     args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
     command = tracking.redact(shlex.join(["python", "-m", "digitcnn.run", *args]))
-    folder = config.hydra.sweep.dir
+    go_on = f"{stopped.before_going_on}`{command} resume={config.hydra.sweep.dir}` continues it"
+    try:
+        store = tracking.client_for(_tracking(config))
+        finished, others = records.stop_sweep(store, run_id, stopped.name)
+    except Exception as exc:  # the store's disk is full, its server gone: the way on stands
+        said = tracking.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        stopped.outcome = (
+            f"sweep run {run_id} is left RUNNING (its store could not be written: {said}); {go_on}"
+        )
+        return
     stopped.outcome = (
-        f"sweep run {run_id} ended KILLED with {finished} jobs FINISHED and {others}; "
-        f"{stopped.before_going_on}`{command} resume={folder}` continues it"
+        f"sweep run {run_id} ended KILLED with {finished} jobs FINISHED and {others}; {go_on}"
     )
 
 
