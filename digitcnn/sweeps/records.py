@@ -105,6 +105,8 @@ def reopen_parent_run(store: Store, run_id: str) -> None:
     run = client.get_run(run_id)
     resumed = int(run.data.tags.get("sweep.resumed", "0")) + 1
     client.set_tag(run_id, "sweep.resumed", str(resumed))
+    if "stopped_by" in run.data.tags:  # it goes on: what stopped it is over
+        client.delete_tag(run_id, "stopped_by")
     client.update_run(run_id, status="RUNNING")
 
 
