@@ -298,7 +298,8 @@ def _train_and_test(
     step("tested")
     if typed.tracking.log_model and not ledger.done("model"):
         # first: a recorder process logs it while the figures are drawn
-        job_record.log_model(recorder, typed, model, data, probabilities, ledger.done_file("model"))
+        job_record.log_model(recorder, typed, model, data, probabilities, ledger.done_file("model"),
+                             since=trained["timestamp"])  # fmt: skip
         step("model")
     if not ledger.done("results"):
         job_record.log_results(recorder, source.cfg, typed, data, scores, history, overrides,
@@ -323,6 +324,9 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
     checkpoint, done = source.checkpoint, source.epochs_done
     history = checkpoint.history if checkpoint else {}
     decided = ledger.intent("trained")
+    if decided is not None and ledger.done("results") and typed.trainer.epochs > decided["epochs"]:
+        ledger.start_over()  # a finished run given more epochs: a new training, then its steps
+        decided = None
     if decided is not None:
         if decided["epochs"] != done:  # its checkpoint is damaged, an earlier one was read
             raise InputError(

@@ -161,10 +161,17 @@ def store_folders(typed: Config) -> list[Path]:
 
 
 def log_model(
-    recorder, typed: Config, model: keras.Model, data: Dataset, probabilities, done: Path
+    recorder,
+    typed: Config,
+    model: keras.Model,
+    data: Dataset,
+    probabilities,
+    done: Path,
+    since: int,
 ) -> None:
     """The trained model, as a pyfunc over raw pixels, with an example and its requirements;
-    `done`: the ledger's file for the model step."""
+    `done`: the ledger's file for the model step; `since`: when its training was decided to
+    be over (a READY model logged before is an earlier training's, in an extended run)."""
     requirements = describe.model_requirements(describe.library_versions())
     example = data.x_test[:2, ..., 0] * data.pixel_max  # raw pixels, as users hold them
     recorder.log_model(
@@ -175,6 +182,7 @@ def log_model(
         requirements,
         typed.tracking.register_as,
         done=done,
+        since=since,
     )
 
 

@@ -67,6 +67,14 @@ class Ledger:
     def left(self) -> list[str]:
         return [step for step in STEPS if not self.done(step)]
 
+    def start_over(self) -> None:
+        """Forget the steps of a finished run that `resume=` extends with more epochs: they
+        are taken again, after its new epochs (its record keeps the earlier results as
+        earlier values)."""
+        for step in STEPS:
+            self.done_file(step).unlink(missing_ok=True)
+            self.intent_file(step).unlink(missing_ok=True)
+
 
 def mark_done(done_file: Path, run_id: str) -> None:
     """Record that a step of run `run_id` is whole in MLflow (called by the recorder)."""

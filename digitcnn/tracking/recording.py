@@ -278,11 +278,15 @@ class RemoteRecorder:
         written, remove = _handed_over(lambda tmp: write_files(files, tmp))
         self._post("log_folder", written, folder, done, after=remove)
 
-    def log_model(self, model: keras.Model, *details: Any, done: Path | None = None) -> None:
+    def log_model(
+        self, model: keras.Model, *details: Any, done: Path | None = None, since: int = 0
+    ) -> None:
         """Saved here, logged there (MLflow loads it back to check it) while this process goes
         on; `details` as `Recorder.log_keras_file` takes them after the file."""
         saved, remove = _handed_over(lambda tmp: model.save(tmp / "model.keras"))
-        self._post("log_keras_file", saved / "model.keras", *details, done=done, after=remove)
+        self._post(
+            "log_keras_file", saved / "model.keras", *details, done=done, since=since, after=remove
+        )
 
     def finish(self, error: BaseException | None, trace: str) -> None:
         """End the run (see `tracking.runs.finish_run`) once every call made was answered;

@@ -314,14 +314,16 @@ class Recorder:
                     path.unlink(missing_ok=True)
             raise
 
-    def log_model(self, model: keras.Model, *details: Any, done: Path | None = None) -> None:
+    def log_model(
+        self, model: keras.Model, *details: Any, done: Path | None = None, since: int = 0
+    ) -> None:
         """The trained model, saved to a temporary file and logged by `log_keras_file`, which
         takes `details` after the file."""
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
             with held():  # see digitcnn.core.stops.held
                 model.save(keras_file)
-            self.log_keras_file(keras_file, *details, done=done)
+            self.log_keras_file(keras_file, *details, done=done, since=since)
 
     def log_keras_file(
         self,
@@ -332,6 +334,7 @@ class Recorder:
         requirements: list[str],
         register_as: str | None = None,
         done: Path | None = None,
+        since: int = 0,
     ) -> None:
         """A saved Keras model as a pyfunc over raw pixel images (see digitcnn.serving.pyfunc), with
         signature and input example (`probabilities`: the model's answer to `example`);
@@ -340,13 +343,14 @@ class Recorder:
 
         Once per run however often it is asked (a resumed run's model step, a call retried
         while the store was away): a READY model this run logged is kept, and one whose upload
-        was cut is deleted before the model is logged again. Then the ledger's `done`."""
+        was cut is deleted before the model is logged again (`since`: when this training
+        ended; a READY model from before is an earlier training's). Then the ledger's `done`."""
         from mlflow.models import infer_signature
 
         from digitcnn.core import paths
         from digitcnn.serving import pyfunc
 
-        kept = self._logged_model()
+        kept = self._logged_model(since)
         if kept is not None:
             log.info("model %s was logged before the stop: kept", kept.model_id)
             if register_as:
@@ -371,9 +375,9 @@ class Recorder:
         if done is not None:
             mark_done(done, self.run_id)
 
-    def _logged_model(self):
-        """This run's READY logged model, if it has one; models it left unfinished (an upload
-        cut by a kill or a full disk) are deleted on the way."""
+    def _logged_model(self, since: int = 0):
+        """This run's READY logged model created `since` (ms), if it has one; models it left
+        unfinished (an upload cut by a kill or a full disk) are deleted on the way."""
         experiment_id = self._call(self.client.get_run, self.run_id).info.experiment_id
         models = self._call(
             self.client.search_logged_models,
@@ -382,8 +386,9 @@ class Recorder:
         )
         ready = None
         for model in models:
-            if str(model.status) == "READY" and ready is None:
-                ready = model
+            if str(model.status) == "READY":
+                if ready is None and model.creation_timestamp >= since:
+                    ready = model
             elif str(model.status) != "READY":
                 self._call(self.client.delete_logged_model, model.model_id)
         return ready
