@@ -97,6 +97,7 @@ class Recorder:
         self.unavailable: TrackingUnavailable | None = None
         self._package_scan: threading.Thread | None = None
         self._outage_since: float | None = None
+        self._outage_locked = False  # the outage is a SQLite store locked by another process
         self._lock = threading.Lock()
         self._epochs: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -121,7 +122,8 @@ class Recorder:
             with self._lock:
                 if self._outage_since is not None:
                     gone = time.monotonic() - self._outage_since
-                    log.info("tracking store back after %.0f s; records written", gone)
+                    what = "store unlocked" if self._outage_locked else "server back"
+                    log.info("tracking %s after %.0f s; records written", what, gone)
                     self._outage_since = None
             return result
 
@@ -135,6 +137,7 @@ class Recorder:
             now = time.monotonic()
             if self._outage_since is None:
                 self._outage_since = now
+                self._outage_locked = locked
                 log.warning(
                     "%s: training goes on, records wait (up to %.0f s, "
                     "tracking.outage_limit_seconds)",
