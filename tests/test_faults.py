@@ -313,7 +313,7 @@ def test_a_store_locked_by_another_process_mid_run_is_waited_for(tmp_path):
     lock = sqlite3.connect(db, timeout=60, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        time.sleep(25)
+        time.sleep(28)
     finally:
         lock.execute("COMMIT")
         lock.close()
