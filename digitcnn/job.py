@@ -324,7 +324,11 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
     checkpoint, done = source.checkpoint, source.epochs_done
     history = checkpoint.history if checkpoint else {}
     decided = ledger.intent("trained")
-    if decided is not None and ledger.done("results") and typed.trainer.epochs > decided["epochs"]:
+    if (
+        decided is not None
+        and ledger.done("results")
+        and typed.trainer.epochs > decided["configured_epochs"]
+    ):
         ledger.start_over()  # a finished run given more epochs: a new training, then its steps
         decided = None
     if decided is not None:

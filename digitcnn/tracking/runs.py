@@ -199,6 +199,8 @@ class Recorder:
         its tags, its metrics at step 0 with the intent's timestamp (MLflow stores a metric it
         already has once); then mark the step done."""
         intent = read_intent(intent_file)
+        if intent.get("run_id") != self.run_id:  # never mark done what was not written
+            raise RuntimeError(f"{intent_file} is not a whole intent of run {self.run_id}")
         if intent.get("params"):
             self.log_params(intent["params"])
         if intent.get("metrics"):
@@ -401,7 +403,7 @@ class Recorder:
         versions = self._call(
             self.client.search_model_versions, f"name = '{name}' and run_id = '{self.run_id}'"
         )
-        if not versions:
+        if not any(getattr(v, "model_id", model_id) == model_id for v in versions):
             self._call(mlflow.register_model, f"models:/{model_id}", name)
 
 
@@ -457,10 +459,16 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
     from digitcnn.core.stops import GRACE_SECONDS, shield
 
     status = "FAILED"
+    interrupted: KeyboardInterrupt | None = None  # a stop while a finished run is closed
     disk_full = is_disk_full(error)
     try:
         if error is None:
-            recorder.flush()
+            try:
+                recorder.flush()
+            except KeyboardInterrupt as stop:  # the work is done: the run still FINISHES
+                shield()
+                interrupted = stop
+                recorder.flush(timeout=GRACE_SECONDS / 2)
             status = "FINISHED"
         elif isinstance(error, KeyboardInterrupt):
             shield()
@@ -486,6 +494,8 @@ def finish_run(recorder: Recorder, error: BaseException | None, trace: str = "")
                 mlflow.end_run("FAILED")
                 recorder.ended = "FAILED"
         log.debug("MLflow run %s ended %s", recorder.run_id, recorder.ended)
+    if interrupted is not None:
+        raise interrupted
 
 
 def _settle_logged_models(recorder: Recorder, status: str) -> None:
@@ -527,5 +537,7 @@ def tracked_run(store: Store, *args: Any, **kwargs: Any) -> Iterator[Recorder]:
         except KeyboardInterrupt as stop:
             shield()
             stopped = stopped or stop
+            if recorder.ended is not None:  # ended already: only the stop is left to raise
+                break
     if stopped is not None:
         raise stopped

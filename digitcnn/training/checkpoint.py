@@ -88,8 +88,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         )
         write_text_whole(self.folder / f"{name}.json", state)
         write_text_whole(self.folder / STATE, state)
-        for old in sorted(self.folder.glob("epoch-*.*"))[: -2 * KEPT]:  # .json, .keras each
-            old.unlink()
+        for old in self.folder.glob("epoch-*.*"):  # earlier ones, and a superseded attempt's
+            number = old.stem.removeprefix("epoch-")
+            if number.isdigit() and not epoch + 1 - KEPT < int(number) <= epoch + 1:
+                old.unlink()
 
 
 class DamagedCheckpoint(Exception):
@@ -97,8 +99,10 @@ class DamagedCheckpoint(Exception):
 
 
 def _states(folder: Path) -> list[Path]:
-    """The state files to try, newest first: the latest's copy, then each epoch's."""
-    return [folder / STATE, *sorted(folder.glob("epoch-*.json"), reverse=True)]
+    """The state files to try, newest first: each epoch's, then the latest's copy (all a
+    checkpoint written before each epoch had its own state has)."""
+    numbered = [p for p in folder.glob("epoch-*.json") if p.stem[6:].isdigit()]
+    return [*sorted(numbered, key=lambda p: int(p.stem[6:]), reverse=True), folder / STATE]
 
 
 def _usable(folder: Path, path: Path) -> tuple[dict | None, str]:
