@@ -246,7 +246,8 @@ def _record_summary(recorder, jobs: list, objective: str, register_as: str | Non
             recorder.log_tags({"best.model_version": f"{register_as}/{version}"})
             log.info("alias champion -> %s version %s", register_as, version)
     recorder.log_metrics(
-        {k: float(v) for k, v in metrics.items() if not _is_nan(v)}, timestamp=summary.stamp(jobs)
+        {k: float(v) for k, v in metrics.items() if not _is_nan(v)},
+        timestamp=summary.stamp(job.ended_at for job in jobs),
     )
     log.info("sweep summary:\n%s", summary.markdown(table))
 

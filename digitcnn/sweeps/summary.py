@@ -118,8 +118,9 @@ def objective_plot(records: list[JobRecord], objective: str) -> Figure:
     return objective_figure(series, objective)
 
 
-def stamp(jobs: list[JobRecord]) -> int:
-    """The timestamp a sweep's summary metrics are logged with: when the last of its jobs
-    ended. A resumed sweep whose jobs did not change logs the same rows again, which MLflow
-    stores once; one whose jobs changed logs a later row, the summary's latest value."""
-    return max((job.ended_at for job in jobs), default=0) or 1
+def stamp(ended_ms: Iterable[int]) -> int:
+    """The timestamp a sweep's (or a search's) summary metrics are logged with: when the last
+    of its jobs ended (`ended_ms`, each job's end in ms). A resumed sweep whose jobs did not
+    change logs the same rows again, which MLflow stores once; one whose jobs changed logs a
+    later row, the summary's latest value."""
+    return max(ended_ms, default=0) or 1

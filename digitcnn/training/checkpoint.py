@@ -89,8 +89,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         write_text_whole(self.folder / f"{name}.json", state)
         write_text_whole(self.folder / STATE, state)
         for old in self.folder.glob("epoch-*.*"):  # earlier ones, and a superseded attempt's
-            number = old.stem.removeprefix("epoch-")
-            if number.isdigit() and not epoch + 1 - KEPT < int(number) <= epoch + 1:
+            number = _epoch_of(old)
+            if number is not None and not epoch + 1 - KEPT < number <= epoch + 1:
                 old.unlink()
 
 
@@ -101,8 +101,14 @@ class DamagedCheckpoint(Exception):
 def _states(folder: Path) -> list[Path]:
     """The state files to try, newest first: each epoch's, then the latest's copy (all a
     checkpoint written before each epoch had its own state has)."""
-    numbered = [p for p in folder.glob("epoch-*.json") if p.stem[6:].isdigit()]
-    return [*sorted(numbered, key=lambda p: int(p.stem[6:]), reverse=True), folder / STATE]
+    numbered = [p for p in folder.glob("epoch-*.json") if _epoch_of(p) is not None]
+    return [*sorted(numbered, key=_epoch_of, reverse=True), folder / STATE]
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch an `epoch-NNN.keras` or `epoch-NNN.json` file belongs to; None for others."""
+    number = path.stem.removeprefix("epoch-")
+    return int(number) if number.isdigit() else None
 
 
 def _usable(folder: Path, path: Path) -> tuple[dict | None, str]:

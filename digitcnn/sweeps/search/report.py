@@ -74,7 +74,7 @@ def _best(study, names: list[str]) -> list:
 
 def record(study, trials: list, client, parent: str, names: list[str]) -> None:
     """Log the search's figures, trials table, counts and best trial(s) on the parent run."""
-    from digitcnn.sweeps.summary import markdown
+    from digitcnn.sweeps.summary import markdown, stamp
     from digitcnn.tracking.runs import Recorder
 
     recorder = Recorder(client, parent, client.get_run(parent).info.artifact_uri)
@@ -113,10 +113,8 @@ def record(study, trials: list, client, parent: str, names: list[str]) -> None:
     if len(names) == 1 and best:
         metrics[f"best_trial_{names[0]}"] = best[0].value
         recorder.log_tags({"search.best_trial": best[0].number})
-    # Stamped when the last trial ended: a resumed search whose trials did not change logs
-    # the same rows, which MLflow stores once (see digitcnn.sweeps.summary.stamp).
-    ended = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
-    recorder.log_metrics(metrics, timestamp=int(max(ended, default=0) * 1000) or 1)
+    ended = (int(t.datetime_complete.timestamp() * 1000) for t in trials if t.datetime_complete)
+    recorder.log_metrics(metrics, timestamp=stamp(ended))  # logged once however often resumed
     pruned = table[table["state"] == "PRUNED"] if not table.empty else table
     log.info(
         "search: %d trials, %d pruned (%s), %d epochs trained",
