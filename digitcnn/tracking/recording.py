@@ -98,7 +98,7 @@ class RecorderProcess:
         self._channel = Channel(ours)
         self.deadline: float | None = None  # set when a stopped run has GRACE_SECONDS left
         self._waiting: deque[Callable[[], None]] = deque()  # per answer due: its clean-up
-        self._send("preflight", cfg, cfg.log_model)
+        self._send("preflight", cfg)
 
     def _send(self, name: str, *args: Any, after: Callable[[], None] = lambda: None, **kwargs):
         # Queued and counted before anything is sent: a stop signal that interrupts the send
@@ -281,7 +281,7 @@ class RemoteRecorder:
     def log_model(
         self, model: keras.Model, *details: Any, done: Path | None = None, since: int = 0
     ) -> None:
-        """Saved here, logged there (MLflow loads it back to check it) while this process goes
+        """Saved here, logged there while this process goes
         on; `details` as `Recorder.log_keras_file` takes them after the file."""
         saved, remove = _handed_over(lambda tmp: model.save(tmp / "model.keras"))
         self._post(

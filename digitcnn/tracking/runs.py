@@ -343,8 +343,8 @@ class Recorder:
     ) -> None:
         """A saved Keras model as a pyfunc over raw pixel images (see digitcnn.serving.pyfunc), with
         signature and input example (`probabilities`: the model's answer to `example`);
-        registered as a version of `register_as` if given. MLflow loads the logged model back
-        and runs the example through it, so Keras must be importable here.
+        registered as a version of `register_as` if given. Saved, not loaded back: Keras is
+        never imported here (digitcnn.serving.flavor).
 
         Once per run however often it is asked (a resumed run's model step, a call retried
         while the store was away): a READY model this run logged is kept, and one whose upload
@@ -353,7 +353,7 @@ class Recorder:
         from mlflow.models import infer_signature
 
         from digitcnn.core import paths
-        from digitcnn.serving import pyfunc
+        from digitcnn.serving import flavor, pyfunc
 
         kept = self._logged_model(since)
         if kept is not None:
@@ -366,8 +366,12 @@ class Recorder:
         if self._package_scan is not None:
             self._package_scan.join()
         self._call(
-            mlflow.pyfunc.log_model,
+            mlflow.models.Model.log,
+            artifact_path=None,
             name="model",
+            flavor=flavor,
+            flavor_name=flavor.NAME,
+            validate_serving_input=False,  # see digitcnn.serving.flavor
             python_model=str(paths.PACKAGE_DIR / "serving" / "logged_model.py"),  # code, no pickle
             artifacts={pyfunc.KERAS_ARTIFACT: str(keras_file)},
             model_config={"pixel_max": pixel_max},

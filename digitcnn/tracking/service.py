@@ -96,26 +96,18 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class RecorderService:
-    """The state of the recorder process: its store, its run, Keras once imported."""
+    """The state of the recorder process: its store and its run."""
 
     def __init__(self) -> None:
         self.store = None
         self.recorder = None
-        self._keras: threading.Thread | None = None
 
-    def preflight(self, cfg, load_keras: bool) -> None:
-        """Import MLflow and open the store (see `tracking.preflight`); then, if the run will
-        log its model, import Keras in the background: MLflow loads the logged model back to
-        check it, and this happens while the training process imports its own."""
+    def preflight(self, cfg) -> None:
+        """Import MLflow and open the store (see `tracking.preflight`)."""
         from digitcnn.tracking.store import import_store_modules, preflight
 
         import_store_modules(cfg.uri)
         self.store = preflight(cfg)
-        if load_keras:
-            from digitcnn.core.runtime import import_keras_quietly
-
-            self._keras = threading.Thread(target=import_keras_quietly, name="keras-import")
-            self._keras.start()
 
     def open_run(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
         from digitcnn.tracking.runs import open_run
@@ -126,8 +118,6 @@ class RecorderService:
     def record(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if name not in RECORDER_CALLS:
             raise ValueError(f"the recorder does not take {name!r}")
-        if name == "log_keras_file" and self._keras is not None:
-            self._keras.join()
         return getattr(self.recorder, name)(*args, **kwargs)
 
     def log_dataset_files(self, features: Path, targets: Path, *args: Any) -> None:
