@@ -319,7 +319,7 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
     from digitcnn.sweeps.search.pruning import end_state_tags, reporters_for
     from digitcnn.tracking import EpochMetricsLogger
     from digitcnn.training.checkpoint import EpochCheckpoint
-    from digitcnn.training.epochs import EpochFaultPoints, train_remaining
+    from digitcnn.training.epochs import fault_points, train_remaining
 
     checkpoint, done = source.checkpoint, source.epochs_done
     history = checkpoint.history if checkpoint else {}
@@ -353,7 +353,7 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
     epochs_left = typed.trainer.epochs - done
     sweeper = HydraConfig.get().sweeper
     reporters = reporters_for(sweeper, typed.objective, saver.history) if epochs_left > 0 else []
-    faults_at = EpochFaultPoints(recorder.wait_written, job)
+    faults_at = fault_points(recorder.wait_written, job)
     callbacks = [EpochMetricsLogger(recorder), *reporters, faults_at]
     trained = train_remaining(typed, model, data, saver, callbacks, timings, done)
     metrics = {**trained.metrics, **(compiled.counts if compiled else {})}

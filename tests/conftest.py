@@ -226,6 +226,27 @@ def wait_for_epoch(root: Path, epoch: int, proc: subprocess.Popen, timeout: floa
     raise TimeoutError(f"no checkpoint of epoch {epoch}")
 
 
+class Hold:
+    """A run held at a named fault point (`DIGITCNN_FAULT=POINT:HOLD`, digitcnn.core.faults):
+    `env` arms it; `wait(proc)` returns the pid of the process waiting there; `release()` lets
+    it go on. Whatever the test does in between happens exactly at that point."""
+
+    def __init__(self, folder: Path, point: str) -> None:
+        self.file = folder / f"held-{point}"
+        self.env = {"DIGITCNN_FAULT": f"{point}:HOLD", "DIGITCNN_FAULT_HOLD": str(self.file)}
+
+    def wait(self, proc: subprocess.Popen, timeout: float = 240) -> int:
+        deadline = time.monotonic() + timeout
+        while not self.file.exists():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
+            assert time.monotonic() < deadline, f"nothing reached {self.file.name}"
+            time.sleep(0.02)
+        return int(self.file.read_text())
+
+    def release(self) -> None:
+        self.file.unlink()
+
+
 def recorder_processes(pid: int) -> list[int]:
     """The live recorder processes that process `pid` started (their command line names it;
     Linux's /proc, else none are found)."""

@@ -20,6 +20,7 @@ from digitcnn import tracking
 from digitcnn.core.config_groups import TrackingConfig
 from tests.conftest import (
     ON_LINUX,
+    Hold,
     cli_env,
     client_for,
     failure_report,
@@ -50,9 +51,11 @@ def test_exception_in_training_ends_failed_with_traceback(tmp_path):
 
 
 def test_sigkill_then_resume_continues_the_same_run(tmp_path):
+    hold = Hold(tmp_path, "epoch-2")  # killed exactly after epoch 2's checkpoint
     proc = start_cli(
-        tmp_path, *DIGITS, "trainer.epochs=4", "trainer.batch_size=2", "tracking.experiment=resume"
+        tmp_path, *DIGITS, "trainer.epochs=4", "tracking.experiment=resume", env=hold.env
     )
+    hold.wait(proc)
     folder = wait_for_epoch(tmp_path, 2, proc)
     assert recorder_processes(proc.pid) or not ON_LINUX
     proc.kill()  # SIGKILL: no handler runs, the MLflow run is left RUNNING
@@ -271,17 +274,14 @@ def test_a_recorder_process_killed_mid_training_leaves_the_run_to_resume(tmp_pat
     finishes the same run."""
     temporary = {"TMPDIR": str(tmp_path / "tmp")}  # where the files handed over are made
     (tmp_path / "tmp").mkdir()
+    hold = Hold(tmp_path, "epoch-1")
     proc = start_cli(
-        tmp_path,
-        *DIGITS,
-        "trainer.epochs=3",
-        "trainer.batch_size=4",
-        "tracking.experiment=rp",
-        env=temporary,
+        tmp_path, *DIGITS, "trainer.epochs=3", "tracking.experiment=rp", env=temporary | hold.env
     )
-    wait_for_epoch(tmp_path, 1, proc)
+    hold.wait(proc)
     (recorder,) = recorder_processes(proc.pid)
     os.kill(recorder, signal.SIGKILL)
+    hold.release()  # epoch 2 trains, then finds its recorder gone
     output = proc.communicate(timeout=240)[0]
     assert proc.returncode == 2, output
     last = output.strip().splitlines()[-1]

@@ -8,15 +8,12 @@ from __future__ import annotations
 import ast
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 
-from tests.conftest import cli_env, client_for, failure_report, run_cli, start_cli
+from tests.conftest import Hold, client_for, failure_report, run_cli, start_cli
 
 # Digits, 3 epochs; successive halving with a reduction factor this large lets a trial past
 # its first epoch only when it is the best so far there: trial 0 completes, most others stop.
@@ -99,59 +96,41 @@ def test_a_killed_search_resumes_its_study(tmp_path):
     """SIGKILL a search while its second trial trains, then start it again with `resume=`: the
     finished trial is not run again, the interrupted one goes on from its checkpoint under its
     own number, and the search ends with its 3 trials; a second resumer meanwhile is refused."""
-    search = [*SEARCH, "trainer.epochs=24", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
-    log = (tmp_path / "killed.log").open("w")
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "digitcnn.run", "-m", *search],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    trials: list = []
-    study = None  # opened once: each opening checks the schema, slow on a loaded machine
-    while killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        if study is None:
-            if not (tmp_path / "mlruns" / "optuna.db").is_file():
-                continue
-            try:
-                study = _study(tmp_path)
-            except (ValueError, optuna.exceptions.StorageInternalError):  # no study yet
-                continue
-        trials = study.get_trials(deepcopy=False)
-        if len(trials) == 2 and len(trials[1].intermediate_values) >= 2:
-            break
-    ended_by_itself = killed.poll() is not None
-    if not ended_by_itself:
-        os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    log.close()
-    said = (tmp_path / "killed.log").read_text()[-4000:]
-    assert not ended_by_itself, f"the search ended before it was killed: {trials}\n{said}"
+    search = [*SEARCH, "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
+    hold = Hold(tmp_path, "epoch-2")  # trial 1, its epoch 2 reported and recorded
+    killed = start_cli(
+        tmp_path, "-m", *search, env={**hold.env, "DIGITCNN_FAULT": "epoch-2:HOLD@job1"},
+        own_group=True,
+    )  # fmt: skip
+    hold.wait(killed)
+    os.killpg(killed.pid, signal.SIGKILL)
+    said = killed.communicate()[0][-4000:]
+    hold.release()
+    trials = _study(tmp_path).get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"], (trials, said)
+    assert sorted(trials[1].intermediate_values) == [1, 2], said
 
     (folder,) = (tmp_path / "multirun").glob("*/*")
-    resumed = start_cli(tmp_path, "-m", *search, f"resume={folder}")
-    output = ""
-    while "resuming: 1 trials ended, 1 to run again" not in output:
-        line = resumed.stdout.readline()
-        assert line, output
-        output += line
+    hold = Hold(tmp_path, "epoch-3")  # the resumed trial 1 waits while a second resumer tries
+    resumed = start_cli(
+        tmp_path, "-m", *search, f"resume={folder}",
+        env={**hold.env, "DIGITCNN_FAULT": "epoch-3:HOLD@job1"},
+    )  # fmt: skip
+    hold.wait(resumed)
     # A second process resuming the same search meanwhile is refused, and changes nothing.
     second = run_cli(tmp_path, "-m", *search, f"resume={folder}")
     assert second.returncode == 2, failure_report(second)
     (line,) = [ln for ln in second.stdout.splitlines() if "error:" in ln]
     assert f"resume={folder}: the run in {folder} is being written by process {resumed.pid}" in line
-    output += resumed.communicate(timeout=300)[0]
+    hold.release()
+    output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output[-4000:]
+    assert "resuming: 1 trials ended, 1 to run again" in output
 
     after = _study(tmp_path).get_trials(deepcopy=False)
     assert [t.state.name for t in after] == ["COMPLETE"] * 3
     assert after[0].datetime_complete == trials[0].datetime_complete  # not run again
-    assert sorted(after[1].intermediate_values) == list(range(1, 25))
+    assert sorted(after[1].intermediate_values) == [1, 2, 3]
     _, parent, children = _search_runs(tmp_path)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.resumed"] == "1"
     counted = [c for c in children if c.data.tags.get("sweep.superseded") != "true"]

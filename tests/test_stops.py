@@ -14,6 +14,7 @@ import pytest
 from digitcnn.core.stops import GRACE_SECONDS
 from digitcnn.training.checkpoint import read_checkpoint
 from tests.conftest import (
+    Hold,
     failure_report,
     only_run,
     recorders_end,
@@ -22,8 +23,10 @@ from tests.conftest import (
     wait_for_epoch,
 )
 
-# Batches of 2 make an epoch of the 8x8 digits last seconds: time to stop it mid-epoch.
-SLOW = ("dataset=digits", "dataset.val_size=180", "trainer.batch_size=2")
+# The 8x8 digits, three epochs; each test holds the run in the middle of epoch 2 (a named
+# fault point, digitcnn.core.faults) and stops it there: epoch 1 is the one to continue after.
+DIGITS = ("dataset=digits", "dataset.val_size=180", "trainer.epochs=3")
+MID_EPOCH = "mid-epoch-2"
 
 
 def stop_line(output: str) -> str:
@@ -44,11 +47,10 @@ def steps(client, run_id: str) -> list[int]:
     ],
 )
 def test_a_stop_signal_ends_a_single_run_killed_with_one_line(tmp_path, signum, to_group):
-    proc = start_cli(
-        tmp_path, *SLOW, "trainer.epochs=50", "tracking.experiment=stop", own_group=True
-    )
+    hold = Hold(tmp_path, MID_EPOCH)
+    proc = start_cli(tmp_path, *DIGITS, "tracking.experiment=stop", env=hold.env, own_group=True)
+    hold.wait(proc)
     folder = wait_for_epoch(tmp_path, 1, proc)
-    time.sleep(0.5)  # mid-epoch
     sent = time.monotonic()
     if to_group:
         os.killpg(proc.pid, signum)
@@ -63,7 +65,8 @@ def test_a_stop_signal_ends_a_single_run_killed_with_one_line(tmp_path, signum, 
     client, run = only_run(tmp_path, "stop")
     assert run.info.status == "KILLED"
     assert run.data.tags["stopped_by"] == signal.Signals(signum).name
-    done = int(re.search(r"continues after epoch (\d+) of 50", stop_line(output))[1])
+    done = int(re.search(r"continues after epoch (\d+) of 3", stop_line(output))[1])
+    assert done == 1
     assert stop_line(output).startswith(
         f"stopped by {signal.Signals(signum).name}: run {run.info.run_id} ended KILLED; "
         f"`python -m digitcnn.run resume={folder}`"
@@ -85,7 +88,9 @@ def test_a_stop_with_the_tracking_server_hung_exits_within_the_grace(tmp_path, m
     is left RUNNING, and resume= finishes it once the server is back."""
     port, _, server = mlflow_server
     uri = f"tracking.uri=http://127.0.0.1:{port}"
-    proc = start_cli(tmp_path, *SLOW, "trainer.epochs=50", uri, "tracking.experiment=hung")
+    hold = Hold(tmp_path, MID_EPOCH)
+    proc = start_cli(tmp_path, *DIGITS, uri, "tracking.experiment=hung", env=hold.env)
+    hold.wait(proc)
     folder = wait_for_epoch(tmp_path, 1, proc)
     os.killpg(server.pid, signal.SIGSTOP)
     try:
@@ -114,7 +119,9 @@ def test_one_run_is_continued_by_one_process_at_a_time(tmp_path):
     """A resume= of a run whose process is alive is refused, naming that process; of two
     resume= started together on a killed run, one trains and the other is refused; no epoch
     is recorded twice."""
-    proc = start_cli(tmp_path, *SLOW, "trainer.epochs=50", "tracking.experiment=two")
+    hold = Hold(tmp_path, MID_EPOCH)
+    proc = start_cli(tmp_path, *DIGITS, "tracking.experiment=two", env=hold.env)
+    hold.wait(proc)
     folder = wait_for_epoch(tmp_path, 1, proc)
     _, run = only_run(tmp_path, "two")
     alive = run_cli(tmp_path, f"resume={run.info.run_id}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import cli_env, client_for, failure_report, run_cli, start_cli
+from tests.conftest import Hold, cli_env, client_for, failure_report, run_cli, start_cli
 
 QUICK = ("experiment=quick", "dataset.val_size=180")
 
@@ -202,13 +202,17 @@ def test_a_stopped_sweep_ends_killed_and_resumes(tmp_path, signum, launcher):
     SIGTERM to the sweep's process alone, its jobs in joblib's worker processes): the parent
     and every running job end KILLED with their epochs recorded, one line says how to resume,
     the exit status is 128 + the signal; the printed command finishes the sweep."""
-    sweep = [*QUICK, "trainer.batch_size=2", "trainer.epochs=3", "seed=1,2", *launcher]
-    proc = start_cli(tmp_path, "-m", *sweep, own_group=True)
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("multirun/*/*/*/checkpoint/state.json")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.1)
-    sent = time.monotonic()  # whenever it lands, the outcome is the same
+    sweep = [*QUICK, "trainer.epochs=3", "seed=1,2", *launcher]
+    hold = Hold(tmp_path, "mid-epoch-2")  # job 0 mid-epoch; a parallel job 1 anywhere
+    proc = start_cli(
+        tmp_path,
+        "-m",
+        *sweep,
+        env=hold.env | {"DIGITCNN_FAULT": "mid-epoch-2:HOLD@job0"},
+        own_group=True,
+    )
+    hold.wait(proc)
+    sent = time.monotonic()  # wherever job 1 is, the outcome is the same
     if launcher:
         os.kill(proc.pid, signum)
     else:
@@ -256,13 +260,11 @@ def test_a_sweep_killed_outright_leaves_no_worker_behind(tmp_path):
     resume= then finishes the sweep, every epoch of every job once."""
     from digitcnn.core.stops import descendants
 
-    sweep = [*QUICK, "trainer.batch_size=2", "trainer.epochs=2", "seed=1,2"]
+    sweep = [*QUICK, "trainer.epochs=2", "seed=1,2"]
     sweep += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-    proc = start_cli(tmp_path, "-m", *sweep)
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("multirun/*/*/*/checkpoint/state.json")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.1)
+    hold = Hold(tmp_path, "mid-epoch-2")  # both jobs, each in its worker, hold mid-epoch
+    proc = start_cli(tmp_path, "-m", *sweep, env=hold.env)
+    hold.wait(proc)
     workers = descendants(proc.pid)
     assert workers, "the joblib launcher started no worker"
     proc.kill()

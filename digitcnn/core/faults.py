@@ -3,37 +3,59 @@ probably lands.
 
 A run passes `point(NAME)` at each boundary between the steps of its life (see
 digitcnn.tracking.ledger): `opened`, `epoch-N` (epoch N checkpointed and handed to the
-recorder), `trained`, `tested`, `model`, `results`, `closed`. A point does nothing unless
-the environment variable DIGITCNN_FAULT names it:
+recorder), `trained`, `tested`, `model`, `results`, `closed`; and, inside an epoch,
+`mid-epoch-N` (after half of epoch N's batches). A point does nothing unless the environment
+variable DIGITCNN_FAULT names it:
 
     DIGITCNN_FAULT=tested:SIGKILL           # killed once the test metrics are recorded
     DIGITCNN_FAULT=epoch-2:SIGTERM@job1     # in a sweep, job 1 only (a search's trial 1)
+    DIGITCNN_FAULT=mid-epoch-2:HOLD         # waits there while DIGITCNN_FAULT_HOLD exists
 
 The point first waits until the records handed over so far are written (`settle`, the
 recorder's), so that "after tested" means the store has them; then the process sends itself
 the signal. A SIGTERM then takes the path any SIGTERM takes (digitcnn.core.stops); a SIGKILL
 ends the process on the spot, as the kernel's OOM killer or a scheduler's last word would.
 
-Only tests set the variable; a user's run never reads more than this one variable.
+HOLD is for what happens from outside: the process writes its pid to the file named by
+DIGITCNN_FAULT_HOLD and waits there, exactly at the point, until that file is removed (the
+test's "go on") or a signal stops it (the test's SIGTERM, its sweep's watch, a scheduler).
+So a test kills a sweep, a recorder or a server while a job is known to be mid-epoch, with no
+slow run and no sleep.
+
+Only tests set these variables; a user's run reads nothing else of this module.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 ENV = "DIGITCNN_FAULT"
+HOLD_FILE_ENV = "DIGITCNN_FAULT_HOLD"
+HOLD = "HOLD"
 
 
-def _armed() -> tuple[str, signal.Signals, int | None] | None:
-    """The fault asked for: (point, signal, job number or None for any job)."""
+def _armed() -> tuple[str, str, int | None] | None:
+    """The fault asked for: (point, signal name or HOLD, job number or None for any job)."""
     spec = os.environ.get(ENV, "").strip()
     if not spec:
         return None
     where, _, how = spec.partition(":")
     how, _, job = how.partition("@job")
-    return where, signal.Signals[how or "SIGKILL"], int(job) if job else None
+    how = how or "SIGKILL"
+    if how != HOLD:
+        signal.Signals[how]  # a KeyError names a signal that does not exist
+    return where, how, int(job) if job else None
+
+
+def armed_inside_epochs() -> bool:
+    """Whether the armed point is one inside an epoch (`mid-epoch-N`): only then does
+    training watch its batches."""
+    armed = _armed()
+    return armed is not None and armed[0].startswith("mid-epoch-")
 
 
 def point(name: str, settle: Callable[[], object] | None = None, job: int | None = None) -> None:
@@ -42,10 +64,23 @@ def point(name: str, settle: Callable[[], object] | None = None, job: int | None
     armed = _armed()
     if armed is None:
         return
-    where, signum, only_job = armed
+    where, how, only_job = armed
     if where != name or (only_job is not None and only_job != job):
         return
     if settle is not None:
         settle()
     os.environ.pop(ENV, None)  # once: a resume in this process, or a later job, goes on
-    os.kill(os.getpid(), signum)
+    if how == HOLD:
+        _hold(Path(os.environ[HOLD_FILE_ENV]))
+    else:
+        os.kill(os.getpid(), signal.Signals[how])
+
+
+def _hold(release: Path) -> None:
+    """Say where this process is (its pid in `release`, written whole), then wait until the
+    file is gone; a stop signal ends the wait as it would end an epoch."""
+    partial = release.with_name(f".{release.name}.{os.getpid()}")
+    partial.write_text(str(os.getpid()))
+    partial.replace(release)
+    while release.exists():
+        time.sleep(0.02)

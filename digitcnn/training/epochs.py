@@ -111,3 +111,21 @@ class EpochFaultPoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         faults.point(f"epoch-{epoch + 1}", self.settle, self.job)
+
+
+class MidEpochFaultPoints(EpochFaultPoints):
+    """Also `mid-epoch-N`, after half of epoch N's batches: used only while such a point is
+    armed, since a batch hook makes Keras call back after every batch."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if batch + 1 == max(1, (self.params.get("steps") or 2) // 2):
+            faults.point(f"mid-epoch-{self.epoch}", self.settle, self.job)
+
+
+def fault_points(settle, job: int | None = None) -> EpochFaultPoints:
+    """The callback that passes the fault points of epochs (see digitcnn.core.faults)."""
+    kind = MidEpochFaultPoints if faults.armed_inside_epochs() else EpochFaultPoints
+    return kind(settle, job)
