@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
             "DIGITCNN_TEAM_THROTTLE": str(Path(folder) / "wrong-passwords.db"),
             "MLFLOW_BACKEND_STORE_URI": store,
             "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(allowed_hosts(args.allowed_hosts)),
+            # MLflow's job runner (GenAI jobs: scorers, prompt optimisation, trace rollups)
+            # is not used by a digits team: it would add 8 processes, each importing MLflow
+            # and polling, and the /ajax-api/3.0/jobs routes.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         code = _serve(command(args), env)
     sys.exit(code)

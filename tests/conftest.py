@@ -293,5 +293,21 @@ def mlflow_server(tmp_path):
         "--workers",
         "1",
     ]
-    with serving(args, cli_env(tmp_path), f"http://127.0.0.1:{port}/health") as server:
+    env = cli_env(tmp_path) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI jobs
+    with serving(args, env, f"http://127.0.0.1:{port}/health") as server:
         yield port, store, server
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One PostgreSQL cluster for the session's tests (each of its test processes): a test
+    takes a database of its own with `postgres_cluster.database()`."""
+    from tests.servers import PostgresCluster, postgres_bin
+
+    if postgres_bin() is None and os.environ.get("CI") != "true":
+        pytest.skip("apt-get install postgresql")
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -52,44 +52,54 @@ class StoreURI(str):
         subprocess.run(_as_postgres([*self.ctl, "-o", self.options, "-w", "start"]), check=True)
 
 
+class PostgresCluster:
+    """A new PostgreSQL cluster in a temporary folder (removed at `close`) on a free 127.0.0.1
+    port, trust authentication. `database()` adds an empty database to it and gives its
+    SQLAlchemy URI (psycopg 3): tests share one cluster, each with a database of its own."""
+
+    def __init__(self) -> None:
+        binaries = postgres_bin()
+        assert binaries, "PostgreSQL is not installed (apt-get install postgresql)"
+        self.binaries = binaries
+        self.data = Path(tempfile.mkdtemp(prefix="digitcnn-postgres-"))  # reachable as postgres
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(self.data, account.pw_uid, account.pw_gid)
+        self.port = free_port()
+        self.options = (
+            f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        )
+        self.ctl = [str(binaries / "pg_ctl"), "-D", str(self.data), "-l", str(self.data / "log")]
+        self.made = 0
+        initdb = [str(binaries / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"]
+        subprocess.run(_as_postgres(initdb), **_CHECKED)
+        subprocess.run(_as_postgres([*self.ctl, "-o", self.options, "-w", "start"]), **_CHECKED)
+
+    def database(self, name: str | None = None) -> StoreURI:
+        self.made += 1
+        name = name or f"db{self.made}"
+        createdb = [str(self.binaries / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        subprocess.run([*createdb, "-U", "postgres", name], **_CHECKED)
+        uri = f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        return StoreURI(uri, self.ctl, self.options)
+
+    def close(self) -> None:
+        subprocess.run(_as_postgres([*self.ctl, "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+_CHECKED = {"check": True, "capture_output": True, "text": True}
+
+
 @contextmanager
 def postgres():
-    """A new PostgreSQL cluster in a temporary folder (removed afterwards) on a free 127.0.0.1
-    port, trust authentication, with an empty database `mlflow`; yields its SQLAlchemy URI
-    (psycopg 3), a `StoreURI`."""
-    binaries = postgres_bin()
-    assert binaries, "PostgreSQL is not installed (apt-get install postgresql)"
-    data = Path(tempfile.mkdtemp(prefix="digitcnn-postgres-"))  # /tmp: reachable as postgres
-    if os.geteuid() == 0:
-        account = pwd.getpwnam("postgres")
-        os.chown(data, account.pw_uid, account.pw_gid)
-    port = free_port()
-    run = {"check": True, "capture_output": True, "text": True}
-    subprocess.run(
-        _as_postgres([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
-        **run,
-    )
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=200"
-    ctl = [str(binaries / "pg_ctl"), "-D", str(data), "-l", str(data / "log")]
-    subprocess.run(_as_postgres([*ctl, "-o", options, "-w", "start"]), **run)
+    """A cluster of its own with an empty database `mlflow` (for a test that stops the
+    database: others share the session's, `postgres_cluster`); yields its `StoreURI`."""
+    cluster = PostgresCluster()
     try:
-        subprocess.run(
-            [
-                str(binaries / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "mlflow",
-            ],
-            **run,
-        )
-        yield StoreURI(f"postgresql://postgres@127.0.0.1:{port}/mlflow", ctl, options)
+        yield cluster.database("mlflow")
     finally:
-        subprocess.run(_as_postgres([*ctl, "-m", "immediate", "stop"]), capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+        cluster.close()
 
 
 def _answers(url: str, cafile: str | None = None) -> bool:

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_env, client_for, failure_report, run_cli, runs_of
-from tests.servers import RayCluster, postgres
+from tests.servers import RayCluster
+
+# One test process runs the module: its tests share one Ray cluster.
+pytestmark = pytest.mark.xdist_group("ray")
 
 SHORT = ["dataset=digits", "trainer.epochs=1"]
 
@@ -119,29 +122,31 @@ def _checkpointed(run) -> bool:
     return (folder / "checkpoint" / "state.json").is_file()
 
 
-def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql_and_prune(cluster, tmp_path):
+def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql_and_prune(
+    cluster, tmp_path, postgres_cluster
+):
     """Optuna on the Ray launcher, trials in parallel on the cluster's nodes, the study in
     PostgreSQL: two sweep processes on one study add their trials to it, none lost; the jobs
     report each epoch to the study from their nodes, and its pruner stops some of them."""
     import optuna
 
-    with postgres() as database:
-        sweep = [
-            sys.executable, "-m", "digitcnn.run", "-m", "hparams_search=optuna",
-            "hydra/launcher=ray", "dataset=digits", "trainer.epochs=3",
-            f"hydra.sweeper.storage={database}", "hydra.sweeper.study_name=shared",
-            "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
-            # past its first epoch only a trial that is the best so far there
-            "hydra.sweeper.pruner.reduction_factor=100",
-        ]  # fmt: skip
-        env = cli_env(tmp_path) | {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
-        run = {"cwd": tmp_path, "env": env, "stdout": subprocess.PIPE, "text": True}
-        procs = [subprocess.Popen(sweep, stderr=subprocess.STDOUT, **run) for _ in range(2)]
-        outputs = [p.communicate(timeout=600)[0] for p in procs]
-        for proc, output in zip(procs, outputs, strict=True):
-            assert proc.returncode == 0, output[-4000:]
-        study = optuna.load_study(study_name="shared", storage=database)
-        trials = study.get_trials(deepcopy=False)
+    database = postgres_cluster.database()
+    sweep = [
+        sys.executable, "-m", "digitcnn.run", "-m", "hparams_search=optuna",
+        "hydra/launcher=ray", "dataset=digits", "trainer.epochs=3",
+        f"hydra.sweeper.storage={database}", "hydra.sweeper.study_name=shared",
+        "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+        # past its first epoch only a trial that is the best so far there
+        "hydra.sweeper.pruner.reduction_factor=100",
+    ]  # fmt: skip
+    env = cli_env(tmp_path) | {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
+    run = {"cwd": tmp_path, "env": env, "stdout": subprocess.PIPE, "text": True}
+    procs = [subprocess.Popen(sweep, stderr=subprocess.STDOUT, **run) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-4000:]
+    study = optuna.load_study(study_name="shared", storage=database)
+    trials = study.get_trials(deepcopy=False)
     states = sorted(t.state.name for t in trials)
     assert len(trials) == 6 and {"COMPLETE", "PRUNED"} == set(states), states
     parents, children = children_and_parent(tmp_path)

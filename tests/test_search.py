@@ -248,14 +248,12 @@ def test_processes_opening_a_new_sqlite_study_database_at_once_all_get_it(tmp_pa
         assert study.get_trials() == []
 
 
-def test_processes_opening_a_new_postgresql_study_database_at_once_all_get_it():
+def test_processes_opening_a_new_postgresql_study_database_at_once_all_get_it(postgres_cluster):
     """The same on a team's PostgreSQL (before the fix: `duplicate key value violates unique
     constraint "pg_type_typname_nsp_index"` for all but one)."""
-    from tests.servers import postgres
-
-    with postgres() as database:
-        assert _open_all_at_once(str(database)) == ["opened"] * 4
-        assert optuna.get_all_study_names(str(database)) == []
+    database = postgres_cluster.database()
+    assert _open_all_at_once(str(database)) == ["opened"] * 4
+    assert optuna.get_all_study_names(str(database)) == []
 
 
 def test_a_study_with_damaged_pages_is_one_line_before_the_parent_run_opens(tmp_path):

@@ -20,13 +20,18 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import cli_env, failure_report, run_cli
+from tests.conftest import Hold, cli_env, failure_report, run_cli, wait_for_epoch
 from tests.servers import ADMIN, ADMIN_PASSWORD, TeamServer, postgres, postgres_bin
 
 # Skipped where PostgreSQL is missing, except in CI (.ci/run installs it): there it must run.
-pytestmark = pytest.mark.skipif(
-    postgres_bin() is None and os.environ.get("CI") != "true", reason="apt-get install postgresql"
-)
+# One test process runs the module: its tests share one team server.
+pytestmark = [
+    pytest.mark.skipif(
+        postgres_bin() is None and os.environ.get("CI") != "true",
+        reason="apt-get install postgresql",
+    ),
+    pytest.mark.xdist_group("team"),
+]
 
 ALICE, ALICE_PASSWORD = "alice", "alice-password-4711"
 BOB, BOB_PASSWORD = "bob", "bob-password-0815"
@@ -34,19 +39,20 @@ SHORT = ["dataset=digits", "trainer.epochs=1", "trainer=fast"]
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory):
-    """One PostgreSQL and one team server for the module; alice and bob are users (default
-    permission READ: each may read, not write, the other's experiments)."""
+def team(tmp_path_factory, postgres_cluster):
+    """One team server for the module, on a database of the session's PostgreSQL; alice and
+    bob are users (default permission READ: each may read, not write, the other's
+    experiments)."""
     folder = tmp_path_factory.mktemp("team")
-    with postgres() as store:
-        server = TeamServer(store, folder / "served-artifacts", folder / "server.log")
-        server.start()
-        try:
-            server.add_user(ALICE, ALICE_PASSWORD)
-            server.add_user(BOB, BOB_PASSWORD)
-            yield server
-        finally:
-            server.stop()
+    store = postgres_cluster.database("team")
+    server = TeamServer(store, folder / "served-artifacts", folder / "server.log")
+    server.start()
+    try:
+        server.add_user(ALICE, ALICE_PASSWORD)
+        server.add_user(BOB, BOB_PASSWORD)
+        yield server
+    finally:
+        server.stop()
 
 
 def as_user(user: str, password: str) -> dict[str, str]:
@@ -130,25 +136,19 @@ def test_read_permission_cannot_write_into_a_teammates_experiment(team, tmp_path
 
 
 def _start_training(team: TeamServer, root: Path, experiment: str, epochs: int, *extra: str):
-    return subprocess.Popen(
+    """A run by alice into the team server, held once its first epoch is recorded there
+    (`hold.wait`), to go on when the test has stopped the server (`hold.release`)."""
+    hold = Hold(root, "epoch-1")
+    job = subprocess.Popen(
         [sys.executable, "-m", "digitcnn.run", "dataset=digits", "trainer=fast",
          f"trainer.epochs={epochs}", f"tracking.uri={team.url}",
          f"tracking.experiment={experiment}", *extra],
         cwd=root,
-        env=cli_env(root) | as_user(ALICE, ALICE_PASSWORD),
+        env=cli_env(root) | as_user(ALICE, ALICE_PASSWORD) | hold.env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-
-
-def _after_first_epoch(team: TeamServer, experiment: str, job, monkeypatch):
-    """The run, once the server holds its first epoch's metrics."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and job.poll() is None:
-        runs = runs_in(team, experiment, monkeypatch)
-        if runs and "loss" in runs[0].data.metrics:
-            return runs[0]
-        time.sleep(0.3)
-    raise AssertionError(f"no epoch recorded: {job.communicate()[0][-3000:]}")
+    hold.wait(job)
+    return job, hold
 
 
 def _epochs(team: TeamServer, run_id: str, monkeypatch) -> list[int]:
@@ -157,27 +157,30 @@ def _epochs(team: TeamServer, run_id: str, monkeypatch) -> list[int]:
 
 
 def test_a_server_restart_mid_run_costs_nothing(team, tmp_path, monkeypatch):
-    """The server stops after the first epoch and restarts (about 8 s away): training goes on,
-    the waiting records are written when it returns, the run finishes with every epoch."""
-    job = _start_training(team, tmp_path, "restart", 8)
-    run = _after_first_epoch(team, "restart", job, monkeypatch)
+    """The server stops after the first epoch and restarts once the run found it away:
+    training goes on, the waiting records are written when it returns, the run finishes
+    with every epoch."""
+    job, hold = _start_training(team, tmp_path, "restart", 3)
     team.stop()
+    hold.release()
+    wait_for_epoch(tmp_path, 3, job)  # trained on; epochs 2 and 3 were handed over meanwhile
     team.start()
-    output, _ = job.communicate(timeout=300)
+    output = job.communicate(timeout=300)[0]
     assert job.returncode == 0, output[-3000:]
     assert "tracking server unreachable" in output and "tracking server back" in output
     (run,) = runs_in(team, "restart", monkeypatch)
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
-    assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 9))
+    assert _epochs(team, run.info.run_id, monkeypatch) == [1, 2, 3]
 
 
 def test_a_server_away_past_the_bound_ends_the_run_for_resume(team, tmp_path, monkeypatch):
     """Away longer than tracking.outage_limit_seconds: training still finishes and checkpoints,
     the command ends with one line naming the bound and the resume command; resume= then
     writes what was waiting and closes the run FINISHED."""
-    job = _start_training(team, tmp_path, "outage", 4, "tracking.outage_limit_seconds=5")
-    run = _after_first_epoch(team, "outage", job, monkeypatch)
+    job, hold = _start_training(team, tmp_path, "outage", 4, "tracking.outage_limit_seconds=5")
+    (run,) = runs_in(team, "outage", monkeypatch)
     team.stop()
+    hold.release()
     try:
         output, _ = job.communicate(timeout=300)
     finally:

@@ -16,6 +16,9 @@ from digitcnn.data import mnist as mnist_source
 from digitcnn.serving.image_input import to_mnist
 from tests.conftest import cli_env, client_for, failure_report, free_port, run_cli, serving
 
+# One test process runs the module: its tests share one trained model.
+pytestmark = pytest.mark.xdist_group("use")
+
 
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory):
