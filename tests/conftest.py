@@ -70,6 +70,21 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         print(f"\nthe suite changed the user's home: {sorted({p for p, _ in changed})}")
 
 
+# `--dist loadfile` hands whole files to the two test processes in collection order
+# (`--no-loadscope-reorder`): the files that take longest on 2 cores go first, so that none
+# starts last and runs alone (their times: docs/performance.md, The test suite).
+LONGEST_FIRST = (
+    "test_team", "test_use", "test_ray", "test_boundaries_sweeps", "test_boundaries",
+    "test_sweep", "test_search", "test_ui_e2e", "test_faults", "test_reliability",
+    "test_stops", "test_backends", "test_bench", "test_cli",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable within a file
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _registered() -> None:
     register_configs()

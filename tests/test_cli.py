@@ -14,9 +14,6 @@ from PIL import Image
 from digitcnn.core import paths
 from tests.conftest import client_for, failure_report, run_cli, runs_of
 
-# One test process runs the module: its tests read one finished run.
-pytestmark = pytest.mark.xdist_group("cli")
-
 EPOCHS = 2
 
 

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-# One test process runs the module: its tests share one pre-commit cache.
-pytestmark = pytest.mark.xdist_group("habits")
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,9 +13,6 @@ import pytest
 from tests.conftest import cli_env, client_for, failure_report, run_cli, runs_of
 from tests.servers import RayCluster
 
-# One test process runs the module: its tests share one Ray cluster.
-pytestmark = pytest.mark.xdist_group("ray")
-
 SHORT = ["dataset=digits", "trainer.epochs=1"]
 
 

@@ -24,14 +24,9 @@ from tests.conftest import Hold, cli_env, failure_report, run_cli, wait_for_epoc
 from tests.servers import ADMIN, ADMIN_PASSWORD, TeamServer, postgres, postgres_bin
 
 # Skipped where PostgreSQL is missing, except in CI (.ci/run installs it): there it must run.
-# One test process runs the module: its tests share one team server.
-pytestmark = [
-    pytest.mark.skipif(
-        postgres_bin() is None and os.environ.get("CI") != "true",
-        reason="apt-get install postgresql",
-    ),
-    pytest.mark.xdist_group("team"),
-]
+pytestmark = pytest.mark.skipif(
+    postgres_bin() is None and os.environ.get("CI") != "true", reason="apt-get install postgresql"
+)
 
 ALICE, ALICE_PASSWORD = "alice", "alice-password-4711"
 BOB, BOB_PASSWORD = "bob", "bob-password-0815"

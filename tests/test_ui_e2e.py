@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import REPO, cli_env, client_for, failure_report, free_port, run_cli, serving
 
-# One test process runs the module: its tests share one store and one MLflow UI.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("ui")]
+pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = REPO / "test-output" / "screenshots"
