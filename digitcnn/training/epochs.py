@@ -114,14 +114,17 @@ class EpochFaultPoints(keras.callbacks.Callback):
 
 
 class MidEpochFaultPoints(EpochFaultPoints):
-    """Also `mid-epoch-N`, after half of epoch N's batches: used only while such a point is
-    armed, since a batch hook makes Keras call back after every batch."""
+    """Also `mid-epoch-N`, once half of epoch N's batches are trained (before its end): used
+    only while such a point is armed, since a batch hook makes Keras call back after every
+    batch."""
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch = epoch + 1
+        self.epoch, self.passed = epoch + 1, False
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if batch + 1 == max(1, (self.params.get("steps") or 2) // 2):
+        # `batch` is the last of the batches one call ran (steps_per_execution of them)
+        if not self.passed and batch + 1 >= max(1, (self.params.get("steps") or 2) // 2):
+            self.passed = True
             faults.point(f"mid-epoch-{self.epoch}", self.settle, self.job)
 
 
