@@ -243,12 +243,14 @@ def wait_for_epoch(root: Path, epoch: int, proc: subprocess.Popen, timeout: floa
 
 class Hold:
     """A run held at a named fault point (`DIGITCNN_FAULT=POINT:HOLD`, digitcnn.core.faults):
-    `env` arms it; `wait(proc)` returns the pid of the process waiting there; `release()` lets
-    it go on. Whatever the test does in between happens exactly at that point."""
+    `env` arms it (in sweep job `job` only, if given); `wait(proc)` returns the pid of the
+    process waiting there; `release()` lets it go on. Whatever the test does in between
+    happens exactly at that point."""
 
-    def __init__(self, folder: Path, point: str) -> None:
+    def __init__(self, folder: Path, point: str, job: int | None = None) -> None:
         self.file = folder / f"held-{point}"
-        self.env = {"DIGITCNN_FAULT": f"{point}:HOLD", "DIGITCNN_FAULT_HOLD": str(self.file)}
+        fault = f"{point}:HOLD" if job is None else f"{point}:HOLD@job{job}"
+        self.env = {"DIGITCNN_FAULT": fault, "DIGITCNN_FAULT_HOLD": str(self.file)}
 
     def wait(self, proc: subprocess.Popen, timeout: float = 240) -> int:
         deadline = time.monotonic() + timeout

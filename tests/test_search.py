@@ -97,11 +97,8 @@ def test_a_killed_search_resumes_its_study(tmp_path):
     finished trial is not run again, the interrupted one goes on from its checkpoint under its
     own number, and the search ends with its 3 trials; a second resumer meanwhile is refused."""
     search = [*SEARCH, "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
-    hold = Hold(tmp_path, "epoch-2")  # trial 1, its epoch 2 reported and recorded
-    killed = start_cli(
-        tmp_path, "-m", *search, env={**hold.env, "DIGITCNN_FAULT": "epoch-2:HOLD@job1"},
-        own_group=True,
-    )  # fmt: skip
+    hold = Hold(tmp_path, "epoch-2", job=1)  # trial 1, its epoch 2 reported and recorded
+    killed = start_cli(tmp_path, "-m", *search, env=hold.env, own_group=True)
     hold.wait(killed)
     os.killpg(killed.pid, signal.SIGKILL)
     said = killed.communicate()[0][-4000:]
@@ -111,11 +108,8 @@ def test_a_killed_search_resumes_its_study(tmp_path):
     assert sorted(trials[1].intermediate_values) == [1, 2], said
 
     (folder,) = (tmp_path / "multirun").glob("*/*")
-    hold = Hold(tmp_path, "epoch-3")  # the resumed trial 1 waits while a second resumer tries
-    resumed = start_cli(
-        tmp_path, "-m", *search, f"resume={folder}",
-        env={**hold.env, "DIGITCNN_FAULT": "epoch-3:HOLD@job1"},
-    )  # fmt: skip
+    hold = Hold(tmp_path, "epoch-3", job=1)  # resumed trial 1 waits while a second resumer tries
+    resumed = start_cli(tmp_path, "-m", *search, f"resume={folder}", env=hold.env)
     hold.wait(resumed)
     # A second process resuming the same search meanwhile is refused, and changes nothing.
     second = run_cli(tmp_path, "-m", *search, f"resume={folder}")

@@ -203,14 +203,8 @@ def test_a_stopped_sweep_ends_killed_and_resumes(tmp_path, signum, launcher):
     and every running job end KILLED with their epochs recorded, one line says how to resume,
     the exit status is 128 + the signal; the printed command finishes the sweep."""
     sweep = [*QUICK, "trainer.epochs=3", "seed=1,2", *launcher]
-    hold = Hold(tmp_path, "mid-epoch-2")  # job 0 mid-epoch; a parallel job 1 anywhere
-    proc = start_cli(
-        tmp_path,
-        "-m",
-        *sweep,
-        env=hold.env | {"DIGITCNN_FAULT": "mid-epoch-2:HOLD@job0"},
-        own_group=True,
-    )
+    hold = Hold(tmp_path, "mid-epoch-2", job=0)  # job 0 mid-epoch; a parallel job 1 anywhere
+    proc = start_cli(tmp_path, "-m", *sweep, env=hold.env, own_group=True)
     hold.wait(proc)
     sent = time.monotonic()  # wherever job 1 is, the outcome is the same
     if launcher:

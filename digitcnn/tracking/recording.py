@@ -281,8 +281,8 @@ class RemoteRecorder:
     def log_model(
         self, model: keras.Model, *details: Any, done: Path | None = None, since: int = 0
     ) -> None:
-        """Saved here, logged there while this process goes
-        on; `details` as `Recorder.log_keras_file` takes them after the file."""
+        """Saved here, logged there while this process goes on; `details` as
+        `Recorder.log_keras_file` takes them after the file."""
         saved, remove = _handed_over(lambda tmp: model.save(tmp / "model.keras"))
         self._post(
             "log_keras_file", saved / "model.keras", *details, done=done, since=since, after=remove
