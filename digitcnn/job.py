@@ -318,7 +318,7 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
     from digitcnn.core.errors import InputError
     from digitcnn.sweeps.search.pruning import end_state_tags, reporters_for
     from digitcnn.tracking import EpochMetricsLogger
-    from digitcnn.training.checkpoint import EpochCheckpoint
+    from digitcnn.training.checkpointing import EpochCheckpoint
     from digitcnn.training.epochs import fault_points, train_remaining
 
     checkpoint, done = source.checkpoint, source.epochs_done

@@ -124,12 +124,19 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+LEAKED = "tracking:\n  uri: http://alice:s3cr3t-pw@127.0.0.1:9\n"
+
+
 @pytest.mark.parametrize(
-    ("args", "env"),
+    ("args", "env", "files"),
     [
-        (("tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9",), {}),
-        (("-m", "seed=1,2", "tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9"), {}),
-        ((), {"MLFLOW_TRACKING_URI": "http://alice:s3cr3t-pw@127.0.0.1:9"}),
+        (("tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9",), {}, {}),
+        (("tracking.uri='http://alice:s3cr3t-pw@127.0.0.1:9'",), {}, {}),  # quoted
+        (("-m", "seed=1,2", "tracking.uri=http://alice:s3cr3t-pw@127.0.0.1:9"), {}, {}),
+        (("-m", "tracking.uri=http://127.0.0.1:9,http://alice:s3cr3t-pw@127.0.0.1:9"), {}, {}),
+        ((), {"MLFLOW_TRACKING_URI": "http://alice:s3cr3t-pw@127.0.0.1:9"}, {}),
+        ((), {}, {"local/default.yaml": f"# @package _global_\n{LEAKED}"}),  # conf/local/
+        (("experiment=leaky",), {}, {"experiment/leaky.yaml": f"# @package _global_\n{LEAKED}"}),
         (
             (
                 "-m",
@@ -137,13 +144,30 @@ def test_deterministic_runs_are_bit_identical_and_rerun_repeats(tmp_path):
                 "hydra.sweeper.storage=postgresql://optuna:s3cr3t-pw@127.0.0.1:9/optuna",
             ),
             {},
+            {},
         ),
     ],
+    ids=[
+        "override",
+        "quoted",
+        "sweep",
+        "a-swept-value",
+        "environment",
+        "local",
+        "recipe",
+        "study-storage",
+    ],
 )
-def test_a_password_in_the_tracking_uri_is_refused_before_any_file(tmp_path, args, env):
+def test_a_password_in_the_tracking_uri_is_refused_before_any_file(tmp_path, args, env, files):
     """Hydra writes the overrides and the config to the run's folder (mode 0644) before any
-    job runs: a password in the URI is refused first, in one line that says where it goes."""
-    proc = run_cli(tmp_path, *args, *DIGITS, env=env)
+    job runs: a password in a URI is refused first, wherever it comes from (the command line,
+    the environment, conf/local/, a recipe: `files`, found on an added search path as Hydra
+    finds them in conf/ and experiments/), in one line that says where it goes."""
+    for name, text in files.items():
+        (tmp_path / "extra" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "extra" / name).write_text(text)
+    searchpath = (f"hydra.searchpath=[file://{tmp_path / 'extra'}]",) if files else ()
+    proc = run_cli(tmp_path, *args, *DIGITS, *searchpath, env=env)
     assert proc.returncode == 2, failure_report(proc)
     (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert "carries a password" in line, line
@@ -152,7 +176,11 @@ def test_a_password_in_the_tracking_uri_is_refused_before_any_file(tmp_path, arg
     else:
         assert "tracking.uri=http://127.0.0.1:9 and" in line and "MLFLOW_TRACKING_PASSWORD" in line
     assert "s3cr3t-pw" not in proc.stdout + proc.stderr
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
+    written = [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and "home" not in p.parts and "extra" not in p.parts
+    ]
     assert not [p for p in written if b"s3cr3t-pw" in p.read_bytes()], written
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from digitcnn.core.paths import ensure_writable
 
@@ -44,25 +44,65 @@ def _password_in(value: str) -> urllib.parse.SplitResult | None:
         return None
 
 
+def _strings(node: DictConfig | ListConfig, key: str = ""):
+    """(key, value) for every string of a config, resolved where it resolves (an
+    interpolation such as `${oc.env:...}` gives its value; one that cannot be resolved yet, such
+    as `${hydra:...}` before a job, gives its text)."""
+    raw = OmegaConf.to_container(node, resolve=False)
+    names = raw.keys() if isinstance(node, DictConfig) else range(len(raw))
+    for name in names:
+        child = f"{key}.{name}" if isinstance(node, DictConfig) else f"{key}[{name}]"
+        try:
+            value = node[name]
+        except Exception:  # not resolvable here, or missing: its text is what there is
+            value = raw[name]
+        if isinstance(value, DictConfig | ListConfig):
+            yield from _strings(value, child.lstrip("."))
+        elif isinstance(value, dict | list):
+            yield from _strings(OmegaConf.create(value), child.lstrip("."))
+        elif isinstance(value, str):
+            yield child.lstrip("."), value
+
+
+def _override_values(overrides: list[str]):
+    """(key, value) for every value the command line gives, sweeps' values one by one, as
+    Hydra parses them (quoted or not)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra refuses it itself, before writing anything; check the text
+        yield from ((o.partition("=")[0].lstrip("+~"), o.partition("=")[2]) for o in overrides)
+        return
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if override.is_sweep_override():  # its elements as given, a quoted one's text
+            values = [getattr(v, "text", v) for v in override.sweep_iterator()]
+        else:
+            values = [override.value()]
+        for value in values:
+            if isinstance(value, str):
+                yield key, value
+            elif isinstance(value, dict | list):  # a dict or list given on the command line
+                yield from ((f"{key}.{k}", v) for k, v in _strings(OmegaConf.create(value)))
+
+
 def check_no_password(config: DictConfig) -> None:
-    """Exit 2 with one line if an override (`tracking.uri=...`, `hydra.sweeper.storage=...`)
-    or the tracking URI from MLFLOW_TRACKING_URI carries a password: Hydra writes the
-    overrides and the config into the run's folder, readable by every local user, and a
-    command line shows in process lists and shell histories. Passwords belong in the
-    environment: MLFLOW_TRACKING_PASSWORD for MLflow, PGPASSWORD or ~/.pgpass for a database."""
+    """Exit 2 with one line if any value of the command (the command line, quoted or not, a
+    recipe, conf/local/, the environment through `${oc.env:...}`) is a URL that carries a
+    password (`scheme://user:password@host`): Hydra writes the overrides and the config into
+    the run's folder, readable by every local user, and a command line shows in process lists
+    and shell histories. Passwords belong in the environment: MLFLOW_TRACKING_PASSWORD (or
+    ~/.mlflow/credentials) for MLflow, PGPASSWORD or ~/.pgpass for a database."""
     overrides = [*config.hydra.overrides.task, *config.hydra.overrides.hydra]
-    given = []  # (key, where its value came from, value)
-    for override in overrides:
-        key, _, value = override.partition("=")
-        given.append((key.lstrip("+~"), "", value))
-    uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
-    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
-        given.append(("tracking.uri", " (from MLFLOW_TRACKING_URI)", uri))
-    for key, origin, value in given:
+    for key, value in [*_override_values(overrides), *_strings(config)]:
         parts = _password_in(value)
         if parts is None:
             continue
         bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        origin = (
+            " (from MLFLOW_TRACKING_URI)" if os.environ.get("MLFLOW_TRACKING_URI") == value else ""
+        )
         where = (
             "the user and password in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
             if key == "tracking.uri"

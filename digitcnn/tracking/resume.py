@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.core.config import schema_config
 from digitcnn.core.errors import InputError
-from digitcnn.core.runtime import import_keras_quietly
 from digitcnn.core.writer_lock import writing
 
 if TYPE_CHECKING:
@@ -109,8 +108,6 @@ def _resume(cfg: DictConfig, overrides: list[str], held: ExitStack) -> JobSource
         ) from None
     if saved is not None:  # Keras is imported on the run's own backend, not the command line's
         select_backend(saved.get("backend", "tensorflow"))
-    import_keras_quietly()
-    # imports Keras: only when resuming
     from digitcnn.training.checkpoint import DamagedCheckpoint, read_checkpoint
 
     try:

@@ -1,4 +1,6 @@
-"""Per-epoch checkpoints in a run's output folder, and reading them back to resume.
+"""Per-epoch checkpoints in a run's output folder: their files, and reading them back to
+resume (without Keras: a resume with nothing left to train never imports it). They are written
+by digitcnn.training.checkpointing.
 
 A checkpoint is `checkpoint/epoch-NNN.keras` (weights and optimizer state) plus its state,
 `checkpoint/epoch-NNN.json` (epochs done, history so far, Python and NumPy RNG states, the
@@ -22,11 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-
-from digitcnn.core import stops
-from digitcnn.core.disk import write_text_whole, written_whole
 
 FOLDER = "checkpoint"
 STATE = "state.json"
@@ -49,51 +47,6 @@ class Checkpoint:
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def _rng_state() -> dict[str, Any]:
-    version, internal, _ = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(internal)],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-    }
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a checkpoint after every epoch into `output_dir/checkpoint/`."""
-
-    def __init__(self, output_dir: Path, run_id: str, history: dict[str, list[float]]) -> None:
-        super().__init__()
-        self.folder = Path(output_dir) / FOLDER
-        self.run_id = run_id
-        self.history = {k: list(v) for k, v in history.items()}  # epochs before this process
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for left in self.folder.glob(".*.partial*"):  # a killed save's; never this one's
-            left.unlink(missing_ok=True)
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        name = f"epoch-{epoch + 1:03d}"
-        model_file = self.folder / f"{name}.keras"
-        with written_whole(model_file) as partial, stops.held():  # see stops.held
-            self.model.save(partial)
-        state = json.dumps(
-            {
-                "epoch": epoch + 1,
-                "model_file": model_file.name,
-                "history": self.history,
-                "run_id": self.run_id,
-                "rng": _rng_state(),
-            }
-        )
-        write_text_whole(self.folder / f"{name}.json", state)
-        write_text_whole(self.folder / STATE, state)
-        for old in self.folder.glob("epoch-*.*"):  # earlier ones, and a superseded attempt's
-            number = _epoch_of(old)
-            if number is not None and not epoch + 1 - KEPT < number <= epoch + 1:
-                old.unlink()
-
-
 class DamagedCheckpoint(Exception):
     """Every checkpoint of a run is damaged (no state reads, or no model file opens)."""
 
@@ -101,11 +54,11 @@ class DamagedCheckpoint(Exception):
 def _states(folder: Path) -> list[Path]:
     """The state files to try, newest first: each epoch's, then the latest's copy (all a
     checkpoint written before each epoch had its own state has)."""
-    numbered = [p for p in folder.glob("epoch-*.json") if _epoch_of(p) is not None]
-    return [*sorted(numbered, key=_epoch_of, reverse=True), folder / STATE]
+    numbered = [p for p in folder.glob("epoch-*.json") if epoch_of(p) is not None]
+    return [*sorted(numbered, key=epoch_of, reverse=True), folder / STATE]
 
 
-def _epoch_of(path: Path) -> int | None:
+def epoch_of(path: Path) -> int | None:
     """The epoch an `epoch-NNN.keras` or `epoch-NNN.json` file belongs to; None for others."""
     number = path.stem.removeprefix("epoch-")
     return int(number) if number.isdigit() else None

@@ -14,7 +14,7 @@ from digitcnn.core import faults
 from digitcnn.core.config import Config
 from digitcnn.data import Dataset
 from digitcnn.training import debug
-from digitcnn.training.checkpoint import EpochCheckpoint
+from digitcnn.training.checkpointing import EpochCheckpoint
 from digitcnn.training.fit import TrainResult, train
 from digitcnn.training.timing import Timings, process_age
 
