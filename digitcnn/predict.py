@@ -125,8 +125,8 @@ def load_model(uri: str, tracking_uri: str | None, trust: list[str] = ()):
         raise SystemExit(f"error: {exc}") from None
     if found:
         print(found.line(), file=sys.stderr)
-    try:
-        model = mlflow.pyfunc.load_model(uri)
+    try:  # what was checked is what loads: the logged model the reference resolved to
+        model = mlflow.pyfunc.load_model(found.load_uri if found else uri)
     except Exception as exc:  # MLflow's errors for unknown runs, names and folders vary
         raise SystemExit(f"error: model={uri!r} could not be loaded: {exc}") from None
     from digitcnn.serving.pyfunc import input_image_shape

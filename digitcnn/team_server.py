@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -61,6 +62,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "mlflow.example.org); this machine's own names, localhost and private addresses are "
         "always allowed. MLflow refuses any other Host header (DNS rebinding).",
     )
+    parser.add_argument(
+        "--trusted-proxies",
+        default="",
+        help="comma-separated addresses of reverse proxies whose X-Forwarded-For header names "
+        "the client (for throttling wrong passwords per address); none by default: the "
+        "connection's address counts, whatever a client sends",
+    )
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
@@ -97,9 +105,11 @@ def command(args: argparse.Namespace) -> list[str]:
     """`mlflow server` with these settings; the store comes from MLFLOW_BACKEND_STORE_URI in
     its environment, never from its command line (which every local user sees in `ps`)."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    tls = []
+    proxies = ",".join(p.strip() for p in args.trusted_proxies.split(",") if p.strip())
+    # uvicorn takes X-Forwarded-For from loopback unless told otherwise
+    uvicorn = [f"--forwarded-allow-ips={proxies}" if proxies else "--no-proxy-headers"]
     if args.certfile:
-        tls = ["--uvicorn-opts", f"--ssl-certfile {args.certfile} --ssl-keyfile {args.keyfile}"]
+        uvicorn += ["--ssl-certfile", args.certfile, "--ssl-keyfile", args.keyfile]
     return [
         mlflow, "server",
         "--artifacts-destination", args.artifacts,
@@ -108,7 +118,7 @@ def command(args: argparse.Namespace) -> list[str]:
         "--host", args.host,
         "--port", str(args.port),
         "--workers", str(args.workers),
-        *tls,
+        "--uvicorn-opts", shlex.join(uvicorn),
     ]  # fmt: skip
 
 

@@ -328,3 +328,23 @@ def postgres_cluster():
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, postgres_cluster):
+    """One team server for the module, on a database of the session's PostgreSQL; alice and
+    bob are users (default permission READ: each may read, not write, the other's
+    experiments)."""
+    from tests.servers import TeamServer
+    from tests.teammates import ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD
+
+    folder = tmp_path_factory.mktemp("team")
+    store = postgres_cluster.database()
+    server = TeamServer(store, folder / "served-artifacts", folder / "server.log")
+    server.start()
+    try:
+        server.add_user(ALICE, ALICE_PASSWORD)
+        server.add_user(BOB, BOB_PASSWORD)
+        yield server
+    finally:
+        server.stop()

@@ -18,40 +18,15 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tests.conftest import Hold, cli_env, failure_report, run_cli, wait_for_epoch
 from tests.servers import ADMIN, ADMIN_PASSWORD, TeamServer, postgres, postgres_bin
+from tests.teammates import ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD, SHORT, as_user, client
 
 # Skipped where PostgreSQL is missing, except in CI (.ci/run installs it): there it must run.
 pytestmark = pytest.mark.skipif(
     postgres_bin() is None and os.environ.get("CI") != "true", reason="apt-get install postgresql"
 )
-
-ALICE, ALICE_PASSWORD = "alice", "alice-password-4711"
-BOB, BOB_PASSWORD = "bob", "bob-password-0815"
-SHORT = ["dataset=digits", "trainer.epochs=1", "trainer=fast"]
-
-
-@pytest.fixture(scope="module")
-def team(tmp_path_factory, postgres_cluster):
-    """One team server for the module, on a database of the session's PostgreSQL; alice and
-    bob are users (default permission READ: each may read, not write, the other's
-    experiments)."""
-    folder = tmp_path_factory.mktemp("team")
-    store = postgres_cluster.database("team")
-    server = TeamServer(store, folder / "served-artifacts", folder / "server.log")
-    server.start()
-    try:
-        server.add_user(ALICE, ALICE_PASSWORD)
-        server.add_user(BOB, BOB_PASSWORD)
-        yield server
-    finally:
-        server.stop()
-
-
-def as_user(user: str, password: str) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 def alice_runs(root: Path, url: str, *args: str, env: dict[str, str] | None = None):
@@ -59,12 +34,6 @@ def alice_runs(root: Path, url: str, *args: str, env: dict[str, str] | None = No
     return run_cli(
         root, *SHORT, f"tracking.uri={url}", *args, env=as_user(ALICE, ALICE_PASSWORD) | (env or {})
     )
-
-
-def client(team: TeamServer, user: str, password: str, monkeypatch) -> MlflowClient:
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
-    return MlflowClient(team.url)
 
 
 def runs_in(team: TeamServer, experiment: str, monkeypatch) -> list:
@@ -473,7 +442,7 @@ def test_a_teammate_can_neither_take_a_users_names_nor_slip_them_a_model(
 ):
     """Bob comes first: he creates the experiment `digitcnn`, tries alice's own names, and
     points `champion` of a model `digitcnn` at a model of his. Alice's default run still
-    works, in `alice.digitcnn`; her predict says who registered what it would load and loads
+    works, in `alice.digitcnn`; her predict says who made what it would load and loads
     bob's model only once she says she trusts him; the server's record cannot be forged."""
     from PIL import Image
 
@@ -521,7 +490,7 @@ def test_a_teammate_can_neither_take_a_users_names_nor_slip_them_a_model(
     assert slipped.returncode != 0, failure_report(slipped)
     (line,) = [ln for ln in slipped.stderr.splitlines() if "error" in ln.lower()]
     assert line == (
-        f"error: models:/digitcnn@champion is digitcnn version 1, registered by bob, from run "
+        f"error: models:/digitcnn@champion is digitcnn version 1, made by bob, from run "
         f"{bob_version.run_id}; a logged model is code, load it only if you trust bob: trust=bob"
     ), line
     # What she trusts loads: evaluate (this test's models take the 8x8 digits) says whose.
@@ -536,13 +505,8 @@ def test_a_teammate_can_neither_take_a_users_names_nor_slip_them_a_model(
         )  # fmt: skip
         assert proc.returncode == 0, failure_report(proc)
         evaluated[model] = proc.stderr
-    assert (
-        f"registered by bob, from run {bob_version.run_id}"
-        in evaluated["models:/digitcnn@champion"]
-    )
-    assert (
-        f"registered by alice, from run {run.info.run_id}" in evaluated["models:/alice.digitcnn/1"]
-    )
+    assert f"made by bob, from run {bob_version.run_id}" in evaluated["models:/digitcnn@champion"]
+    assert f"made by alice, from run {run.info.run_id}" in evaluated["models:/alice.digitcnn/1"]
 
 
 def test_readiness_asks_the_database_and_clients_never_see_its_details(tmp_path):
@@ -579,35 +543,3 @@ def test_readiness_asks_the_database_and_clients_never_see_its_details(tmp_path)
                     time.sleep(1)
         finally:
             server.stop()
-
-
-def _status_as(team: TeamServer, user: str, password: str) -> tuple[int, str | None]:
-    """The status of one API request as `user` (no retries), and its Retry-After."""
-    import base64
-
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    request = urllib.request.Request(
-        f"{team.url}/api/2.0/mlflow/experiments/search?max_results=1",
-        headers={"Authorization": f"Basic {token}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, None
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Retry-After")
-
-
-def test_guessing_a_password_is_cut_short_for_that_user_from_that_address(team):
-    """Five wrong passwords for carol within a minute: the next attempts from this address
-    are refused (429, Retry-After), the right password too, whichever worker answers; bob is
-    not affected."""
-    from digitcnn.team.app import THROTTLE_LIMIT, THROTTLE_SECONDS
-
-    team.add_user("carol", "carol-password-2718")
-    assert _status_as(team, "carol", "carol-password-2718") == (200, None)
-    wrong = [_status_as(team, "carol", f"guess-{i}")[0] for i in range(THROTTLE_LIMIT)]
-    assert wrong == [401] * THROTTLE_LIMIT
-    for password in ("guess-again", "carol-password-2718"):
-        status, retry_after = _status_as(team, "carol", password)
-        assert status == 429 and 0 < int(retry_after) <= THROTTLE_SECONDS
-    assert _status_as(team, BOB, BOB_PASSWORD) == (200, None)

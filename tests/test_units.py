@@ -369,25 +369,34 @@ def test_a_channel_message_arriving_in_pieces_is_read_whole_once_complete():
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "fields", "user", "is_admin", "refused"),
+    ("names", "fields", "path", "user", "is_admin", "refused"),
     [
-        ("experiments/create", {"name": "alice.digitcnn"}, "alice", False, None),
-        ("experiments/create", {"name": "alice.digitcnn"}, "bob", False, "belongs to user 'alice'"),
-        ("experiments/create", {"name": "alice.digitcnn"}, "admin", True, None),
-        ("experiments/update", {"new_name": "alice.x"}, "bob", False, "belongs to user 'alice'"),
-        ("registered-models/rename", {"new_name": "alice.x"}, "bob", False, "belongs to"),
-        ("registered-models/create", {"name": "digitcnn"}, "bob", False, None),
-        ("users/create", {"username": "carol.x"}, "admin", True, "contains a dot"),
-        ("runs/set-tag", {"key": "digitcnn.owner"}, "admin", True, "team server alone"),
-        ("runs/set-tag", {"key": "mlflow.user"}, "bob", False, None),
-        ("runs/create", {"tags": [{"key": "digitcnn.owner"}]}, "bob", False, "alone"),
-        ("model-versions/delete-tag", {"key": "digitcnn.registered_by"}, "bob", False, "alone"),
+        ("name", {"name": "alice.digitcnn"}, "", "alice", False, None),
+        ("name", {"name": "alice.digitcnn"}, "", "bob", False, "belongs to user 'alice'"),
+        ("name", {"name": "alice.digitcnn"}, "", "admin", True, None),
+        ("new_name", {"new_name": "alice.x"}, "", "bob", False, "belongs to user 'alice'"),
+        ("name", {"name": "alice."}, "", "bob", False, "belongs to user 'alice'"),
+        ("name", {"name": "digitcnn"}, "", "bob", False, None),
+        # look-alike dots: refused outright, whoever asks
+        ("name", {"name": "alice\u2024digitcnn"}, "", "bob", False, "looks like a dot"),
+        ("name", {"name": "alice\uff0edigitcnn"}, "", "bob", False, "looks like a dot"),
+        ("name", {"name": "alice\u00b7digitcnn"}, "", "alice", False, "looks like a dot"),
+        ("username", {"username": "carol.x"}, "", "admin", True, "contains a dot"),
+        ("username", {"username": "carol\uff0ex"}, "", "admin", True, "contains a dot"),
+        # the server's tags: in any body, query or path, whatever the route
+        (None, {"key": "digitcnn.owner"}, "", "admin", True, "team server alone"),
+        (None, {"key": "mlflow.user"}, "", "bob", False, None),
+        (None, {"tags": [{"key": "digitcnn.owner"}]}, "", "bob", False, "alone"),
+        (None, {"a": {"b": [{"key": "digitcnn.registered_by"}]}}, "", "bob", False, "alone"),
+        (None, {}, "/api/2.0/mlflow/logged-models/m-1/tags/digitcnn.owner", "bob", False, "alone"),
     ],
 )
-def test_the_team_app_refuses_others_names_and_forged_records(
-    endpoint, fields, user, is_admin, refused
+def test_the_team_rules_refuse_others_names_and_forged_records(
+    names, fields, path, user, is_admin, refused
 ):
-    from digitcnn.team.app import refusal
+    from digitcnn.team.rules import refusal
 
-    reason = refusal(endpoint, fields, user, is_admin)
+    reason = refusal(names, fields, {}, path, user, is_admin)
     assert (reason is None) if refused is None else (refused in reason), reason
+    query = refusal(None, {}, {"key": ["digitcnn.registered_by"]}, "", "bob", False)
+    assert "alone" in query  # DELETE .../delete-tag?key=...

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -137,10 +136,18 @@ def own_name(name: str, tracking_uri: str) -> str:
     """`name` made the user's own where runs go to a tracking server as a user
     (MLFLOW_TRACKING_USERNAME=alice): `alice.digitcnn`, which no teammate can take on the team
     server (digitcnn.team.app); else `name` as it is."""
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if user and is_server(tracking_uri):
-        return f"{user}.{name}"
-    return name
+    if not is_server(tracking_uri):
+        return name
+    user = tracking_user()
+    return f"{user}.{name}" if user else name
+
+
+def tracking_user() -> str | None:
+    """The user MLflow's client sends to a server: MLFLOW_TRACKING_USERNAME, else the one in
+    ~/.mlflow/credentials (MLflow's own file)."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    return read_mlflow_creds().username or None
 
 
 def artifacts_for(tracking_uri: str, local_folder: str) -> str | None:

@@ -21,7 +21,7 @@ from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
 from digitcnn.core import paths
-from digitcnn.core.config import is_server
+from digitcnn.core.config import is_server, tracking_user
 from digitcnn.core.config_groups import TrackingConfig
 from digitcnn.core.errors import InputError
 from digitcnn.core.runtime import mlflow_defaults
@@ -71,7 +71,7 @@ def refusal(exc: Exception, experiment: str) -> str | None:
     not a refusal (401: who you are; 403: what you may do, or a name the server does not
     answer to)."""
     code = getattr(exc, "error_code", None)
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    user = tracking_user()
     if "Invalid Host header" in str(exc):  # MLflow's server: not a name it was told it has
         return (
             "the server does not answer to this name (403 Invalid Host header); start it "
