@@ -161,6 +161,29 @@ def allowed_hosts(names: str) -> list[str]:
     return [*get_default_allowed_hosts(), *extra, *(f"{name}:*" for name in extra)]
 
 
+CONNECT_SECONDS = 10  # how long the start waits for the database to answer, once
+
+
+def _check_store(store: str) -> None:
+    """Fail now, in one line, when the store's database does not answer within
+    CONNECT_SECONDS: MLflow would retry for minutes, then print a traceback."""
+    import sqlalchemy
+
+    from digitcnn.tracking.describe import redact
+
+    options = {"connect_timeout": CONNECT_SECONDS} if store.startswith("postgresql") else {}
+    try:
+        engine = sqlalchemy.create_engine(
+            store, connect_args=options, poolclass=sqlalchemy.pool.NullPool
+        )
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        _fail(f"the store {redact(store)} does not answer ({redact(reason)}): start its database, "
+              "or fix MLFLOW_BACKEND_STORE_URI / --store")  # fmt: skip
+
+
 def _stale_admin_password(store: str, admin: str = "admin") -> None:
     """Say so when MLFLOW_AUTH_ADMIN_PASSWORD is not the admin's password in an existing user
     store: MLflow uses the variable only when it creates the store, and would ignore a new
@@ -214,33 +237,54 @@ def _check_port(host: str, port: int) -> None:
 
 # Ends the server's process group once this process is gone, however it ended (SIGKILL
 # too): its standard input is a pipe whose writing end only this process holds. In a session
-# of its own, it ignores the signals meant for the server.
+# of its own, it ignores the signals meant for the server. Then it removes the server's
+# private folder (the auth settings hold the store's URI), also after a SIGKILL of this one.
 _WATCHDOG = """
-import os, signal, sys, time
+import os, shutil, signal, sys, time
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
     signal.signal(s, signal.SIG_IGN)
-group, wait = int(sys.argv[1]), float(sys.argv[2])
+group, wait, private = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+
+def alive():  # a process of the group that is not a zombie (Linux: /proc; else any)
+    try:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                return True
+        return False
+    except OSError:
+        try:
+            os.killpg(group, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
 sys.stdin.buffer.read()
 try:
     os.killpg(group, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        os.killpg(group, 0)
-    os.killpg(group, signal.SIGKILL)
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive():
+        os.killpg(group, signal.SIGKILL)
 except ProcessLookupError:
     pass
+shutil.rmtree(private, ignore_errors=True)
 """
-STOP_SECONDS = 5.0  # a stop waits this long for the server's workers, then kills them
+STOP_SECONDS = 3.0  # a stop waits this long for the server's workers, then kills them
 
 
-def _serve(cmd: list[str], env: dict[str, str]) -> int:
+def _serve(cmd: list[str], env: dict[str, str], private: str) -> int:
     """Run the server in a process group of its own, watched; a stop signal ends the whole
-    group within STOP_SECONDS; returns the server's exit status (0 after such a stop)."""
+    group within STOP_SECONDS and removes the folder `private`; returns the server's exit
+    status (0 after such a stop)."""
     server = subprocess.Popen(cmd, env=env, start_new_session=True)
     read_end, write_end = os.pipe()
     watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(server.pid), str(STOP_SECONDS)],
+        [sys.executable, "-c", _WATCHDOG, str(server.pid), str(STOP_SECONDS), private],
         stdin=read_end,
         start_new_session=True,
     )
@@ -274,12 +318,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"set {'; '.join(missing)}")
     _check_tls(args)
     _check_port(args.host, args.port)
+    _check_store(store)
     _stale_admin_password(store)
     os.umask(0o077)  # what the server writes (served artifacts, logs) is its user's alone
     if "://" not in args.artifacts:
         Path(args.artifacts).mkdir(parents=True, exist_ok=True)
     # The auth app's settings hold the store's URI: in a private folder, removed at the end.
-    with tempfile.TemporaryDirectory(prefix="digitcnn-auth-") as folder:
+    with tempfile.TemporaryDirectory(prefix="digitcnn-auth-", ignore_cleanup_errors=True) as folder:
         settings = Path(folder) / "basic_auth.ini"
         settings.write_text(auth_settings(store, args.default_permission))
         env = os.environ | {
@@ -292,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             # and polling, and the /ajax-api/3.0/jobs routes.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
-        code = _serve(command(args), env)
+        code = _serve(command(args), env, folder)
     sys.exit(code)
 
 

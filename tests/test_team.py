@@ -45,6 +45,7 @@ def runs_in(team: TeamServer, experiment: str, monkeypatch) -> list:
 def test_a_run_on_the_team_server_keeps_its_artifacts_there(team, tmp_path, monkeypatch):
     proc = alice_runs(tmp_path / "alice-laptop", team.url, "tracking.experiment=alice-digits")
     assert proc.returncode == 0, failure_report(proc)
+    assert not list((tmp_path / "alice-laptop").glob("mlflow-artifacts*"))  # the server's
     shutil.rmtree(tmp_path / "alice-laptop")  # the launching machine's folder is gone
 
     (run,) = runs_in(team, "alice-digits", monkeypatch)
@@ -236,8 +237,8 @@ def test_the_team_server_keeps_its_store_off_command_lines_and_stops_as_one(team
     """The store's URI (with its password, in a team's set-up) is in no process's command
     line; the auth settings live in a private folder removed at the stop; SIGTERM ends the
     server and every worker within seconds, exit 0; a SIGKILL of its main process ends them
-    too; a second server on the same port fails at once with exit 2; a new admin password
-    that MLflow would ignore is said so."""
+    too and removes the settings; a second server on the same port fails at once with exit 2;
+    a new admin password that MLflow would ignore is said so."""
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     server = TeamServer(
@@ -284,8 +285,8 @@ def test_the_team_server_keeps_its_store_off_command_lines_and_stops_as_one(team
         os.kill(server.process.pid, signal.SIGKILL)  # its main process alone
         server.process.wait()
         deadline = time.monotonic() + 15
-        while not _port_free(server.port):
-            assert time.monotonic() < deadline, "the server's workers outlived its main process"
+        while not _port_free(server.port) or list(temporary.glob("digitcnn-auth-*")):
+            assert time.monotonic() < deadline, "the server's workers or its settings outlived it"
             time.sleep(0.2)
     finally:
         server.stop()
@@ -311,6 +312,22 @@ def test_a_password_on_the_team_servers_command_line_is_refused(tmp_path):
     assert proc.stderr.startswith("error: --store carries a password, which every local user")
     assert "MLFLOW_BACKEND_STORE_URI" in proc.stderr and "db-secret" not in proc.stderr
     assert not (tmp_path / "artifacts").exists()
+
+    # A database that does not answer: one line at once (MLflow retried for 105 s, then a
+    # traceback), its password not in it.
+    env = cli_env(tmp_path) | {
+        "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:db-secret@127.0.0.1:9/mlflow",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "an-admin-password",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-secret-key-for-tests",
+    }
+    away = subprocess.run(
+        [sys.executable, "-m", "digitcnn.team_server", "--artifacts", str(tmp_path / "a")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert away.returncode == 2 and "Traceback" not in away.stderr, away.stderr
+    (line,) = away.stderr.strip().splitlines()
+    assert line.startswith("error: the store postgresql://***@127.0.0.1:9/mlflow does not answer")
+    assert "db-secret" not in line
 
 
 def test_the_team_server_answers_to_its_names_and_says_when_it_does_not(team, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 import re
 import subprocess
+import urllib.parse
 from collections.abc import Mapping
 from functools import cache
 from importlib import metadata
@@ -26,6 +27,15 @@ def redact(uri: str) -> str:
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` store URI, or None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def local_folder(location: str) -> Path | None:
+    """The folder of an artifact location on this machine (`file:` URIs, plain paths); None
+    for any other (`mlflow-artifacts:/2`, `s3://...`)."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme == "file":
+        return Path(urllib.parse.unquote(parts.path))
+    return Path(location) if len(parts.scheme) <= 1 else None  # none, or a drive letter
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

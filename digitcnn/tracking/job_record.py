@@ -155,8 +155,8 @@ def store_folders(typed: Config) -> list[Path]:
     if db := describe.sqlite_path(typed.tracking.uri):
         folders.append(db.parent)
     location = typed.tracking.artifact_location
-    if location and "://" not in location:
-        folders.append(Path(location))
+    if location and (folder := describe.local_folder(location)) is not None:
+        folders.append(folder)
     return folders
 
 

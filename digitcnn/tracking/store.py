@@ -25,7 +25,7 @@ from digitcnn.core.config import is_server, tracking_user
 from digitcnn.core.config_groups import TrackingConfig
 from digitcnn.core.errors import InputError
 from digitcnn.core.runtime import mlflow_defaults
-from digitcnn.tracking.describe import redact, sqlite_path
+from digitcnn.tracking.describe import local_folder, redact, sqlite_path
 
 mlflow_defaults()  # before MLflow reads its settings: no bars, no URL, short retries
 
@@ -219,8 +219,8 @@ def preflight(cfg: TrackingConfig) -> Store:
     except (OSError, mlflow.exceptions.MlflowException) as exc:
         reason = refusal(exc, cfg.experiment) or f"cannot be used: {redact(str(exc))}"
         raise InputError(f"tracking.uri={shown!r}: {reason}") from None
-    if location.startswith("file:") or "://" not in location:
-        folder = Path(urllib.parse.urlparse(location).path if "://" in location else location)
+    folder = local_folder(location)
+    if folder is not None:  # a server's (mlflow-artifacts:/2) is the server's business
         try:
             paths.ensure_writable(folder)
         except OSError as exc:
