@@ -400,3 +400,22 @@ def test_the_team_rules_refuse_others_names_and_forged_records(
     assert (reason is None) if refused is None else (refused in reason), reason
     query = refusal(None, {}, {"key": ["digitcnn.registered_by"]}, "", "bob", False)
     assert "alone" in query  # DELETE .../delete-tag?key=...
+
+
+@pytest.mark.parametrize("env_user", [None, "erin"])
+def test_the_tracking_user_is_the_one_mlflows_client_sends(tmp_path, monkeypatch, env_user):
+    """From MLFLOW_TRACKING_USERNAME, else ~/.mlflow/credentials: as MLflow's client reads it."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    from digitcnn.core.config import tracking_user
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    if env_user:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", env_user)
+    assert tracking_user() == read_mlflow_creds().username == env_user
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text(
+        "[mlflow]\nmlflow_tracking_username = dana\nmlflow_tracking_password = pw\n"
+    )
+    assert tracking_user() == read_mlflow_creds().username == (env_user or "dana")

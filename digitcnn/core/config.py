@@ -8,8 +8,10 @@ composed config into these objects, before any data is loaded or any run is open
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -144,10 +146,13 @@ def own_name(name: str, tracking_uri: str) -> str:
 
 def tracking_user() -> str | None:
     """The user MLflow's client sends to a server: MLFLOW_TRACKING_USERNAME, else the one in
-    ~/.mlflow/credentials (MLflow's own file)."""
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    return read_mlflow_creds().username or None
+    ~/.mlflow/credentials, as `mlflow.utils.credentials.read_mlflow_creds` reads them (without
+    importing MLflow here: tests/test_units.py checks that both agree)."""
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return os.environ["MLFLOW_TRACKING_USERNAME"]
+    found = configparser.ConfigParser()
+    found.read(os.path.expanduser("~/.mlflow/credentials"))
+    return found.get("mlflow", "mlflow_tracking_username", fallback=None) or None
 
 
 def artifacts_for(tracking_uri: str, local_folder: str) -> str | None:
