@@ -419,3 +419,51 @@ def test_the_tracking_user_is_the_one_mlflows_client_sends(tmp_path, monkeypatch
         "[mlflow]\nmlflow_tracking_username = dana\nmlflow_tracking_password = pw\n"
     )
     assert tracking_user() == read_mlflow_creds().username == (env_user or "dana")
+
+
+def test_a_wrong_password_costs_one_slow_hash_whether_or_not_the_user_exists(monkeypatch):
+    """By construction: an unknown user is checked against a hash of nothing, with the method
+    the store's users have; a known user's password against the current hash, once (then
+    remembered for that hash only: a changed password is checked again)."""
+    import werkzeug.security
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+    from werkzeug.security import generate_password_hash
+
+    from digitcnn.team.passwords import Passwords
+
+    class Account:
+        def __init__(self, name: str, password: str) -> None:
+            self.username, self.is_admin = name, False
+            self.password_hash = generate_password_hash(password, method="pbkdf2:sha256:1000")
+
+    class Users:
+        def __init__(self) -> None:
+            self.accounts = {"alice": Account("alice", "right")}
+
+        def get_user(self, name):
+            if name not in self.accounts:
+                raise MlflowException(f"{name} not found", RESOURCE_DOES_NOT_EXIST)
+            return self.accounts[name]
+
+        def list_users(self):
+            return list(self.accounts.values())
+
+    hashed = []
+    real = werkzeug.security.check_password_hash
+
+    def counted(stored: str, given: str) -> bool:
+        hashed.append(stored.split("$")[0])
+        return real(stored, given)
+
+    monkeypatch.setattr(werkzeug.security, "check_password_hash", counted)
+    users = Users()
+    passwords = Passwords(users)
+    assert passwords.check("nobody", "x") is None
+    assert passwords.check("alice", "wrong") is None
+    assert passwords.check("alice", "right").username == "alice"
+    assert passwords.check("alice", "right").username == "alice"  # remembered
+    assert hashed == ["pbkdf2:sha256:1000"] * 3  # the same method for all three
+    users.accounts["alice"] = Account("alice", "new")
+    assert passwords.check("alice", "right") is None  # the old one, at once
+    assert passwords.check("alice", "new").username == "alice"
