@@ -138,7 +138,17 @@ def cli() -> None:
         f"model_uri={arg.removeprefix('model=')}" if arg.startswith("model=") else arg
         for arg in sys.argv[1:]
     ]
-    main()
+    from digitcnn.core.hydra_errors import hydra_errors_raised, one_line
+
+    try:
+        with hydra_errors_raised():
+            main()
+    except Exception as exc:  # Hydra's refusal of the command line: one line
+        refused = one_line(exc)
+        if refused is None:
+            raise
+        print(f"error: {refused}".replace("model_uri", "model"), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import warnings
 
 import hydra
@@ -20,6 +21,7 @@ from digitcnn.core.config import register_configs
 from digitcnn.core.disk import is_disk_full
 from digitcnn.core.errors import InputError
 from digitcnn.core.extras import is_ray_launcher
+from digitcnn.core.hydra_errors import hydra_errors_raised, one_line
 
 register_configs()
 # conf/hydra/launcher/ray.yaml sets the Ray launcher's defaults and is checked against the
@@ -73,7 +75,8 @@ def cli() -> None:
     """
     stops.install()
     try:
-        main()
+        with hydra_errors_raised():  # Hydra's refusals of the command line: one line, below
+            main()
         status = 0
     except KeyboardInterrupt as exc:
         stops.shield()
@@ -81,6 +84,14 @@ def cli() -> None:
         outcome = stopped.outcome or "before the run was opened: nothing was recorded"
         log.error("stopped by %s: %s", stopped.name, outcome)
         status = stopped.exit_status
+    except Exception as exc:  # the command's last word on any error
+        refused = one_line(exc)
+        if refused is None:  # not the command line's fault: the whole story
+            traceback.print_exception(exc)
+            status = 1
+        else:
+            log.error("error: %s", refused)
+            status = 2
     except SystemExit as exc:  # Hydra's exit on errors, and ours
         if exc.code is None or isinstance(exc.code, int):
             status = exc.code or 0

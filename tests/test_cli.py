@@ -125,9 +125,41 @@ def no_runs(root: Path) -> bool:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["model.dropot=0.3"], "Could not override 'model.dropot'"),
-        (["model=resnet9000"], "Could not find 'model/resnet9000'"),
-        (["trainer.epochs=five"], "trainer.epochs"),
+        # Hydra's own refusals, in one line with a close match
+        (
+            ["model.dropot=0.3"],
+            "error: model.dropot is not a key of the config (did you mean model.dropout?)",
+        ),
+        (["modle.dropout=0.3"], "(did you mean model.dropout?)"),
+        (
+            ["model=resnet9000"],
+            "error: model=resnet9000 is not an option (did you mean "
+            "model=resnet?); choose one of cnn, mlp, resnet",
+        ),
+        (
+            ["trainer.epochs=five"],
+            "error: trainer.epochs='five' is not allowed: an integer is expected",
+        ),
+        (["trainer.epochs=1e11"], "trainer.epochs='1e11' is not allowed: an integer"),
+        (["seed=abc"], "error: seed='abc' is not allowed: an integer is expected"),
+        (["seed=1.5"], "error: seed='1.5' is not allowed: an integer is expected"),
+        (["dataset.val_size=0.5"], "dataset.val_size='0.5' is not allowed: an integer"),
+        (["seed=[1"], "error: the command line cannot be parsed"),
+        (
+            ["-m", "hparams_search=optuna", "hydra.sweeper.pruner=none"],
+            "error: hydra.sweeper.pruner='none' is not allowed: the pruner is chosen as a group, "
+            "hydra/sweeper/pruner=NAME",
+        ),
+        (
+            ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=nonee"],
+            "(did you mean hydra/sweeper/pruner=none?)",
+        ),
+        # values the model's float32 cannot hold
+        (
+            ["optimizer.lr=1e308"],
+            "optimizer.lr=1e+308 is not allowed: a number the model's float32 holds",
+        ),
+        (["optimizer.lr=1e-50"], "optimizer.lr=1e-50 is not allowed"),
         (["model.dropout=1.5"], "model.dropout=1.5 is not allowed: a rate in [0, 1)"),
         (["model.dropout=-0.1"], "model.dropout=-0.1 is not allowed"),
         (["trainer.epochs=0"], "trainer.epochs=0 is not allowed: a positive integer"),
@@ -155,8 +187,9 @@ def no_runs(root: Path) -> bool:
 )
 def test_bad_input_exits_nonzero_with_one_line_before_any_run(tmp_path, args, says):
     proc = run_cli(tmp_path, *args)
-    assert proc.returncode != 0
-    assert says in proc.stderr
+    assert proc.returncode == 2, failure_report(proc)
+    (line,) = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert line.startswith("error: ") and says in line, line
     assert "Traceback" not in proc.stderr
     assert no_runs(tmp_path)
     assert not (tmp_path / "data").exists()  # no data was fetched

@@ -62,9 +62,15 @@ def _check_seed(seed: int) -> None:
         raise ConfigValueError("seed", seed, f"0 to {MAX_SEED} (2**32 - 1)")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest number the model's float32 holds
+FLOAT32_TINY = 1.401298464324817e-45  # the smallest above 0 (a subnormal)
+MODEL_SIDE = ("model.", "optimizer.", "trainer.")  # numbers that become the model's float32
+
+
 def _check_finite(node: object, prefix: str = "") -> None:
     """No infinity or NaN in any number of the config: a range check such as `lr > 0` lets
-    `inf` through, and training would diverge on it."""
+    `inf` through, and training would diverge on it. A number the model computes with must
+    also survive float32: `optimizer.lr=1e308` would become inf there."""
     for item in dataclasses.fields(node):
         value = getattr(node, item.name)
         key = f"{prefix}{item.name}"
@@ -72,6 +78,14 @@ def _check_finite(node: object, prefix: str = "") -> None:
             _check_finite(value, f"{key}.")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigValueError(key, value, "a finite number")
+        elif (
+            isinstance(value, float)
+            and key.startswith(MODEL_SIDE)
+            and (abs(value) > FLOAT32_MAX or 0 < abs(value) < FLOAT32_TINY)
+        ):
+            raise ConfigValueError(
+                key, value, "a number the model's float32 holds (1.4e-45 to 3.4e38, or 0)"
+            )
 
 
 def _check_backend(backend: str) -> None:

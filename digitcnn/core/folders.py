@@ -128,6 +128,27 @@ def check_extras(config: DictConfig) -> None:
         sys.exit(2)
 
 
+def check_sweeper_groups(config: DictConfig) -> None:
+    """Exit 2 with one line if a key of the sweeper that is a config group of its own
+    (`hydra.sweeper.pruner`, `hydra.sweeper.sampler`: conf/hydra/sweeper/<key>/) was given a
+    bare value: `hydra.sweeper.pruner=none` means the group option hydra/sweeper/pruner=none,
+    and as a value every trial would fail later."""
+    from digitcnn.core.paths import config_dir
+
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    for group in sorted((config_dir() / "hydra" / "sweeper").glob("*/")):
+        value = OmegaConf.select(sweeper, group.name) if sweeper is not None else None
+        if value is None or isinstance(value, DictConfig):
+            continue
+        options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+        print(
+            f"error: hydra.sweeper.{group.name}={value!r} is not allowed: the {group.name} is "
+            f"chosen as a group, hydra/sweeper/{group.name}=NAME, one of {options}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 class OutputFolderCheck(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_no_password(config)
@@ -137,4 +158,5 @@ class OutputFolderCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_no_password(config)
         check_extras(config)
+        check_sweeper_groups(config)
         check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir", config)
