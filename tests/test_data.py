@@ -230,4 +230,4 @@ def test_two_processes_fetching_at_once_both_get_a_valid_cache(tmp_path):
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
         assert out.strip().splitlines()[-1] == f"{tmp_path / 'mnist.npz'} (60000, 28, 28)"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.npz", "mnist.npz.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.npz"]  # no lock file left

@@ -158,10 +158,13 @@ def load_mnist(cfg: MnistConfig) -> tuple[Arrays, str, dict[str, str]]:
             raise DataError(
                 f"dataset.cache_dir={cfg.cache_dir!r} cannot be created: {exc.strerror}"
             ) from None
-        # One fetcher at a time; a process that waited finds the finished file.
-        with FileLock(f"{target}.lock"):
+        # One fetcher at a time; a process that waited finds the finished file. The lock file
+        # goes once the data is there: later processes never take the lock.
+        lock = Path(f"{target}.lock")
+        with FileLock(lock):
             if not target.exists():
                 _fetch_into_cache(target)
+        lock.unlink(missing_ok=True)
     arrays = read_npz(target)
     verify(arrays, target)
     return arrays, str(target), DIGESTS
