@@ -38,18 +38,6 @@ def _typed(cfg: DictConfig) -> EvaluateConfig:
     return to_typed(cfg)
 
 
-def _load_model(uri: str, load_uri: str):
-    """The logged pyfunc model at `load_uri` (what `uri` resolved to); its metadata holds its
-    signature and source run."""
-    import mlflow
-
-    try:
-        return mlflow.pyfunc.load_model(load_uri)
-    except Exception as exc:  # MLflow's errors for unknown runs, names, aliases and paths
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"model={uri!r} cannot be loaded: {first}") from None
-
-
 def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     typed = _typed(cfg)
     select_backend(typed.backend)
@@ -59,6 +47,7 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     from digitcnn.data import load_dataset
     from digitcnn.evaluation import figures
     from digitcnn.evaluation.metrics import evaluate
+    from digitcnn.serving.loading import load_logged_model
     from digitcnn.serving.pyfunc import input_image_shape
     from digitcnn.team import provenance
 
@@ -66,7 +55,7 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     found = provenance.check(typed.model_uri, typed.tracking.uri, typed.trust, "trust=[{}]")
     if found:
         log.info("model     %s", found.line())
-    model = _load_model(typed.model_uri, found.load_uri if found else typed.model_uri)
+    model = load_logged_model(typed.model_uri, found.load_uri if found else None)
     data = load_dataset(typed.dataset, typed.seed)
     images = data.x_test[..., 0] * data.pixel_max  # raw pixels, as the logged model takes them
     wanted = input_image_shape(model)

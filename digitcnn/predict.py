@@ -119,16 +119,17 @@ def load_model(uri: str, tracking_uri: str | None, trust: list[str] = ()):
     mlflow.set_tracking_uri(tracking_uri)
     if Path(uri).expanduser().is_dir():
         uri = str(Path(uri).expanduser().resolve())
+    from digitcnn.serving.loading import load_logged_model
+
     try:
         found = provenance.check(uri, tracking_uri, list(trust))
+        if found:
+            print(found.line(), file=sys.stderr)
+        # what was checked is what loads: the logged model the reference resolved to
+        model = load_logged_model(uri, found.load_uri if found else uri)
     except InputError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    if found:
-        print(found.line(), file=sys.stderr)
-    try:  # what was checked is what loads: the logged model the reference resolved to
-        model = mlflow.pyfunc.load_model(found.load_uri if found else uri)
-    except Exception as exc:  # MLflow's errors for unknown runs, names and folders vary
-        raise SystemExit(f"error: model={uri!r} could not be loaded: {exc}") from None
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     from digitcnn.serving.pyfunc import input_image_shape
 
     return model, input_image_shape(model)

@@ -213,6 +213,19 @@ def test_predict_reports_bad_arguments_clearly(tmp_path):
 
 
 def test_registered_version_and_champion_alias_from_a_sweep(tmp_path):
+    """Before any sweep registered one, the champion commands (predict, evaluate) both say in
+    one line, exit 2, how a model becomes the champion; after the sweep, the alias names its
+    best job's model."""
+    image = tmp_path / "blank.png"
+    Image.new("L", (28, 28), 0).save(image)
+    for proc in (
+        predict_cli(tmp_path, "model=models:/quick-cnn@champion", f"inputs={image}"),
+        run_cli(tmp_path, "model=models:/quick-cnn@champion", "dataset=digits",
+                module="digitcnn.evaluate"),
+    ):  # fmt: skip
+        assert proc.returncode == 2, failure_report(proc)
+        (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert "cannot be loaded" in line and "tracking.register_as=quick-cnn" in line, line
     proc = run_cli(
         tmp_path,
         "-m",
