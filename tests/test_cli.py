@@ -267,3 +267,29 @@ def test_each_model_family_trains_and_is_recorded_with_its_own_keys(tmp_path, fa
     assert "model.kernel_size" not in params  # the cnn's keys belong to the cnn
     wrong = run_cli(tmp_path, "experiment=quick", f"model={family}", "model.kernel_size=3")
     assert wrong.returncode != 0 and "kernel_size" in wrong.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "lines"),
+    [
+        ("digitcnn.run", ["dataset ", "mnist*", "model ", "cnn*, mlp, resnet", "experiment ",
+                          "quick", "hparams_search ", "optuna", "hydra/launcher ",
+                          "basic*, joblib, ray", "hydra/sweeper/pruner ", "median",
+                          "backend=tensorflow|jax|torch", "seed=INT", "resume=",
+                          "tracking.register_as=digitcnn"]),
+        ("digitcnn.evaluate", ["model=runs:/RUN_ID/model", "dataset ", "mnist*", "trust="]),
+    ],
+)  # fmt: skip
+def test_help_lists_what_a_user_chooses_and_nothing_else(tmp_path, module, lines):
+    """--help: the groups a user chooses with their options, the top-level keys, launchers
+    and searches, the everyday commands; not the schemas, not the local settings' example,
+    in at most 80 lines; nothing is run or written."""
+    proc = run_cli(tmp_path, "--help", module=module)
+    assert proc.returncode == 0, failure_report(proc)
+    shown = proc.stdout
+    assert len(shown.strip().splitlines()) <= 80, shown
+    for expected in lines:
+        assert expected in shown, (expected, shown)
+    for hidden in ("schema", "example", "Powered by Hydra", "$APP_CONFIG_GROUPS"):
+        assert hidden not in shown, (hidden, shown)
+    assert not list(tmp_path.glob("*/*"))  # no run folder, no store

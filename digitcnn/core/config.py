@@ -175,11 +175,19 @@ def artifacts_for(tracking_uri: str, local_folder: str) -> str | None:
     return None if is_server(tracking_uri) else local_folder
 
 
+def help_groups(config_name: str) -> str:
+    """`--help`'s list of groups and options (digitcnn.core.help), for conf/hydra/help/."""
+    from digitcnn.core.help import groups_text
+
+    return groups_text(config_name)
+
+
 def register_configs() -> None:
     """Store the schemas, the `project_root` resolver and the experiment recipes in Hydra."""
     OmegaConf.register_new_resolver("project_root", lambda: str(paths.project_root()), replace=True)
     OmegaConf.register_new_resolver("artifacts_for", artifacts_for, replace=True)
     OmegaConf.register_new_resolver("own_name", own_name, replace=True)
+    OmegaConf.register_new_resolver("digitcnn_help", help_groups, replace=True)
     cs = ConfigStore.instance()
     # Under schema/ so that schemas are not offered as options of the groups they type.
     cs.store(group="schema", name="config", node=Config, package="_global_")
