@@ -46,6 +46,7 @@ def record(client, run, root: Path) -> dict:
         "metrics": {
             key: sorted(m.step for m in client.get_metric_history(run_id, key))
             for key in sorted(run.data.metrics)
+            if not key.startswith("system/")  # the machine's, sampled by the clock
         },
         "tags": sorted(
             (k, v)

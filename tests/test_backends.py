@@ -78,7 +78,12 @@ def _record(client, run) -> dict:
     skip = ("version.", "derived.keras_backend", "derived.platform", "derived.trainer_settings")
     return {
         "params": {k for k in run.data.params if not k.startswith(skip)} - {"backend"},
-        "metrics": set(run.data.metrics) - {"compilation_cache_hits", "compilation_cache_misses"},
+        "metrics": {
+            k
+            for k in run.data.metrics
+            if not k.startswith("system/")  # sampled by the clock
+        }
+        - {"compilation_cache_hits", "compilation_cache_misses"},
         "artifacts": {a.path for a in client.list_artifacts(run.info.run_id)},
         "config": {a.path for a in client.list_artifacts(run.info.run_id, "config")},
     }

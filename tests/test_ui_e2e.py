@@ -41,7 +41,12 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     for args in (("model.dropout=0.3",), ("-m", "model.dropout=0.1,0.2")):
         proc = run_cli(
-            root, *args, "experiment=quick", "dataset.val_size=180", "tracking.experiment=ui"
+            root,
+            *args,
+            "experiment=quick",
+            "dataset.val_size=180",
+            "tracking.experiment=ui",
+            "tracking.system_metrics_seconds=1",  # a quick run lasts less than the default 10 s
         )
         assert proc.returncode == 0, failure_report(proc)
     client = client_for(root)
@@ -114,6 +119,17 @@ def test_run_page_shows_metric_and_param(ui, store, page):
     page.get_by_text("test_accuracy").first.wait_for()
     page.get_by_text("model.dropout").first.wait_for()
     page.screenshot(path=SHOTS / "run.png", full_page=True)
+
+
+def test_run_page_shows_the_system_metrics(ui, store, page):
+    """CPU, memory, disk and network over the run, recorded by MLflow's monitor, in the run's
+    System metrics tab."""
+    _, experiment_id, runs = store
+    run = runs["single"]
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    page.goto(f"{ui}/#/experiments/{experiment_id}/runs/{run.info.run_id}/system-metrics")
+    page.get_by_text("cpu_utilization_percentage").first.wait_for()
+    page.screenshot(path=SHOTS / "system-metrics.png", full_page=True)
 
 
 def test_confusion_matrix_artifact_loads_as_an_image(ui, store, page):

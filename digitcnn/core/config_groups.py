@@ -284,6 +284,9 @@ class TrackingConfig(_Checked):
     log_model: bool = True  # log the trained model with the run
     register_as: str | None = None  # also register it as a version of this model name
     outage_limit_seconds: float = 900  # how long records wait for a server that is away
+    # MLflow's system metrics (CPU, memory, disk, network, NVIDIA GPUs): sampled every this
+    # many seconds; 0: none. A run shorter than one interval records none.
+    system_metrics_seconds: float = 10
 
     def __post_init__(self) -> None:
         self._require("experiment", bool(self.experiment.strip()), "a non-empty name")
@@ -298,6 +301,9 @@ class TrackingConfig(_Checked):
             f"null or 1 to {MAX_RUN_NAME} characters (MLflow's run names)",
         )
         self._require("outage_limit_seconds", self.outage_limit_seconds >= 0, "0 or more")
+        self._require(
+            "system_metrics_seconds", self.system_metrics_seconds >= 0, "0 (none) or more"
+        )
 
 
 @dataclass

@@ -21,6 +21,9 @@ def mlflow_defaults() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # The system metrics' thread says when it starts and stops, and stops quietly when the
+    # server is away (the run's own records say so once): only its errors are shown.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
 
 
 _SECRET_SETTING = re.compile(

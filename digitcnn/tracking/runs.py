@@ -429,8 +429,13 @@ def open_run(
     `run_id` reopens an interrupted one); `finish_run` ends it."""
     started = time.perf_counter()
     try:
+        # System metrics (CPU, memory, disk, network, NVIDIA GPUs) from a thread of the
+        # process that records; a reopened run goes on from its last step.
+        monitored = store.system_metrics_seconds > 0
+        if monitored:
+            mlflow.set_system_metrics_sampling_interval(store.system_metrics_seconds)
         if run_id:
-            run = mlflow.start_run(run_id=run_id)
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=monitored)
             if "stopped_by" in run.data.tags:  # it goes on: what stopped it is over
                 store.client.delete_tag(run_id, "stopped_by")
         else:
@@ -439,6 +444,7 @@ def open_run(
                 run_name=run_name,
                 tags=dict(tags),
                 parent_run_id=parent_run_id,
+                log_system_metrics=monitored,
             )
     except mlflow.exceptions.MlflowException as exc:
         reason = refusal(exc, store.experiment)  # a server's "no": nothing was written

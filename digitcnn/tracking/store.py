@@ -64,6 +64,7 @@ class Store(NamedTuple):
     experiment: str
     experiment_id: str
     artifact_location: str  # the experiment's, fixed when it was created
+    system_metrics_seconds: float = 0  # tracking.system_metrics_seconds (0: none)
 
 
 def refusal(exc: Exception, experiment: str) -> str | None:
@@ -178,7 +179,13 @@ def client_for(cfg: TrackingConfig) -> Store:
     with _usable(cfg.uri), _store_creation(cfg.uri):
         client = MlflowClient(cfg.uri)
         experiment = _experiment(client, cfg)
-    return Store(client, cfg.experiment, experiment.experiment_id, experiment.artifact_location)
+    return Store(
+        client,
+        cfg.experiment,
+        experiment.experiment_id,
+        experiment.artifact_location,
+        cfg.system_metrics_seconds,
+    )
 
 
 def _tls() -> ssl.SSLContext:
