@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -105,6 +106,12 @@ def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
     # 2 jobs at once on this machine's cores: each gets its share, at least one thread.
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert {c.data.params["derived.intra_op_threads"] for c in children} == {str(share)}
+    # The console says which job wrote each line; the sweep's own lines have one format.
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("|")]
+    jobs = [ln for ln in lines if re.match(r"\[job [0-3]\] ", ln)]
+    assert len({ln[:8] for ln in jobs}) == 4 and any(" epoch 1/" in ln for ln in jobs), lines
+    unmarked = [ln for ln in lines if ln not in jobs and not ln.startswith("sweep     ")]
+    assert not unmarked, unmarked
 
 
 def test_two_sweeps_started_together_get_their_own_folders(tmp_path):

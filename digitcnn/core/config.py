@@ -175,6 +175,12 @@ def artifacts_for(tracking_uri: str, local_folder: str) -> str | None:
     return None if is_server(tracking_uri) else local_folder
 
 
+def job_prefix(mode: object, number: object) -> str:
+    """What starts a job's console lines: `[job 3] ` in a sweep (whatever launches it), nothing
+    in a single run (conf/hydra/default.yaml's job_logging)."""
+    return f"[job {number}] " if str(mode).endswith("MULTIRUN") else ""
+
+
 def help_groups(config_name: str) -> str:
     """`--help`'s list of groups and options (digitcnn.core.help), for conf/hydra/help/."""
     from digitcnn.core.help import groups_text
@@ -188,6 +194,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("artifacts_for", artifacts_for, replace=True)
     OmegaConf.register_new_resolver("own_name", own_name, replace=True)
     OmegaConf.register_new_resolver("digitcnn_help", help_groups, replace=True)
+    OmegaConf.register_new_resolver("job_prefix", job_prefix, replace=True)
     cs = ConfigStore.instance()
     # Under schema/ so that schemas are not offered as options of the groups they type.
     cs.store(group="schema", name="config", node=Config, package="_global_")

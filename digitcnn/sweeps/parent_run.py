@@ -165,7 +165,7 @@ class MlflowSweepCallback(Callback):
             stops.before_stopping(lambda signum: _let_jobs_close(config, run_id, signum)),
             stops.closing(lambda stopped: _close_stopped(config, run_id, stopped)),
         ]
-        log.info("sweep parent run %s (%s)", run_id, name)
+        log.info("parent run %s (%s)", run_id, name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         with self._held:  # released once the parent run is closed
@@ -249,7 +249,7 @@ def _record_summary(recorder, jobs: list, objective: str, register_as: str | Non
         {k: float(v) for k, v in metrics.items() if not _is_nan(v)},
         timestamp=summary.stamp(job.ended_at for job in jobs),
     )
-    log.info("sweep summary:\n%s", summary.markdown(table))
+    log.info("summary:\n%s", summary.markdown(table))
 
 
 def _is_nan(value: Any) -> bool:
