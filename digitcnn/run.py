@@ -82,7 +82,9 @@ def cli() -> None:
         stops.shield()
         stopped = stops.close(exc)
         outcome = stopped.outcome or "before the run was opened: nothing was recorded"
-        log.error("stopped by %s: %s", stopped.name, outcome)
+        # The command's last word, not a job's: straight to the console (in a sweep, logging
+        # still has the last job's format, `[job N] `)
+        print(f"stopped by {stopped.name}: {outcome}", file=sys.stderr)
         status = stopped.exit_status
     except Exception as exc:  # the command's last word on any error
         refused = one_line(exc)
@@ -90,7 +92,7 @@ def cli() -> None:
             traceback.print_exception(exc)
             status = 1
         else:
-            log.error("error: %s", refused)
+            print(f"error: {refused}", file=sys.stderr)
             status = 2
     except SystemExit as exc:  # Hydra's exit on errors, and ours
         if exc.code is None or isinstance(exc.code, int):
