@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import urllib.parse
-from typing import Any
 
 from anyio import to_thread
 
@@ -103,20 +102,26 @@ class Gate:
             if body is None:
                 await _answer(send, 413, "INVALID_PARAMETER_VALUE", "the request is too large")
                 return
-            refused = _refusal(scope, route, body, user, bool(account.is_admin))
-            if refused is None and route.records == "logged_model" and not account.is_admin:
-                refused = await to_thread.run_sync(self._foreign_source, body, user)
+            fields = _json_object(body)
+            if fields is None:
+                await _answer(
+                    send, 400, "MALFORMED_REQUEST", "the request's body is not a JSON object"
+                )
+                return
+            refused = _refusal(scope, route, fields, user, bool(account.is_admin))
+            source_run = fields.get("source_run_id") if route.records == "logged_model" else None
+            if refused is None and source_run and not account.is_admin:
+                refused = await to_thread.run_sync(self._foreign_source, source_run, user)
             if refused is not None:
                 await _answer(send, *refused)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, _Answer(send, route, user, self.creators).send)
 
-    def _foreign_source(self, body: bytes, user: str):
+    def _foreign_source(self, run_id: str, user: str):
         """A logged model that claims to come from a run another user created is refused: the
         run it names is part of the record predict and evaluate show."""
-        run_id = json.loads(body or b"{}").get("source_run_id")
-        owner = self.creators.run_owner(run_id) if run_id else None
+        owner = self.creators.run_owner(run_id)
         if owner is None or owner == user:
             return None
         reason = f"run {run_id} is {owner}'s: a logged model of yours comes from a run of yours"
@@ -135,16 +140,19 @@ def _allowed_host(scope, allowed: list[str] | None) -> bool:
     return is_allowed_host_header(allowed, host)
 
 
-def _refusal(scope, route: Route, body: bytes, user: str, is_admin: bool):
-    """(status, error code, message) refusing a writing request, or None."""
-    fields: Any = {}
-    if body.strip():
-        try:
-            fields = json.loads(body)
-        except ValueError:
-            fields = None
-        if not isinstance(fields, dict):
-            return 400, "MALFORMED_REQUEST", "the request's body is not a JSON object"
+def _json_object(body: bytes) -> dict | None:
+    """A writing request's body as a JSON object ({} when empty); None when it is not one."""
+    if not body.strip():
+        return {}
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+def _refusal(scope, route: Route, fields: dict, user: str, is_admin: bool):
+    """(status, error code, message) refusing a writing request (`fields`: its body), or None."""
     query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
     reason = rules.refusal(route.names, fields, query, scope["path"], user, is_admin)
     return (403, "PERMISSION_DENIED", reason) if reason else None

@@ -179,13 +179,6 @@ class RouteTable:
                 return route
         return None
 
-    def listed(self, method: str, template: str) -> Route | None:
-        """The entry for a route the app serves (its template in Flask's spelling)."""
-        for route in self.routes:
-            if route.method == method and route.template == template:
-                return route
-        return None
-
 
 def flask_template(path: str) -> str:
     """A FastAPI route's template in Flask's spelling: `{name:path}` -> `<path:name>`."""
