@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from digitcnn.core import faults, stops
 from digitcnn.core.config import Config, to_typed
 from digitcnn.core.disk import write_text_whole
-from digitcnn.core.extras import is_ray_launcher
+from digitcnn.core.extras import runs_jobs_elsewhere
 from digitcnn.core.runtime import import_keras_quietly
 from digitcnn.core.writer_lock import writing
 from digitcnn.tracking.recording import open_recording
@@ -42,8 +42,10 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_pid = int(os.environ.get(stops.SWEEP_PID, "0"))
-    # A launcher's worker process on the sweep's machine (a Ray node has its own pids).
-    if in_sweep and sweep_pid not in (0, os.getpid()) and not is_ray_launcher(hydra_cfg.launcher):
+    # A launcher's worker process on the sweep's machine (Ray's and Slurm's nodes have their
+    # own pids).
+    elsewhere = runs_jobs_elsewhere(hydra_cfg.launcher)
+    if in_sweep and sweep_pid not in (0, os.getpid()) and not elsewhere:
         stops.stop_when_gone(sweep_pid)
     select_backend(cfg.backend)  # before anything imports Keras
     if in_sweep and cfg.resume:  # it names the sweep, whose parent run the callback reopened
@@ -187,7 +189,7 @@ def _parent_run_id(hydra_cfg: DictConfig, store) -> str | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     from digitcnn.sweeps import records
-    from digitcnn.sweeps.parent_run import parent_run_id
+    from digitcnn.sweeps.sweep_folder import parent_run_id
 
     found = parent_run_id(hydra_cfg.sweep.dir)
     return found or records.find_parent_run(store, str(Path(hydra_cfg.sweep.dir)))
@@ -246,8 +248,8 @@ def _record_start(recorder, source: JobSource, typed: Config, model, data, threa
 
     if typed.tracking.log_model:
         recorder.prepare_model_logging()
-    if source.checkpoint:
-        recorder.log_tags({"resumed_after_epoch": source.checkpoint.epoch})
+    if source.checkpoint:  # where this attempt runs: a requeued Slurm job's node, restarts
+        recorder.log_tags({"resumed_after_epoch": source.checkpoint.epoch} | job_record.node_tags())
         recorder.log_missing_epochs(source.checkpoint.history)  # waiting when a server went away
     else:
         recorder.log_params(job_record.params(source.cfg, typed, model, data, threads, tuning))
@@ -375,7 +377,7 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     import json
 
     from digitcnn.sweeps import records
-    from digitcnn.sweeps.parent_run import parent_run_id
+    from digitcnn.sweeps.sweep_folder import parent_run_id
     from digitcnn.tracking.describe import redact
     from digitcnn.tracking.job_record import job_overrides
 

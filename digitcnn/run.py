@@ -20,7 +20,7 @@ from digitcnn.core import paths, stops
 from digitcnn.core.config import register_configs
 from digitcnn.core.disk import is_disk_full
 from digitcnn.core.errors import InputError
-from digitcnn.core.extras import is_ray_launcher
+from digitcnn.core.extras import runs_jobs_elsewhere
 from digitcnn.core.hydra_errors import hydra_errors_raised, one_line
 
 register_configs()
@@ -43,9 +43,9 @@ def main(cfg: DictConfig) -> float:
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("job #%s failed: %s", hydra_cfg.job.num, exc, exc_info=hydra_cfg.verbose)
-            # A full disk beside the sweep would fail every job after this one; a Ray node's
-            # own disk says nothing of the other nodes'.
-            if is_disk_full(exc) and not is_ray_launcher(hydra_cfg.launcher):
+            # A full disk beside the sweep would fail every job after this one; a Ray or
+            # Slurm node's own disk says nothing of the other nodes'.
+            if is_disk_full(exc) and not runs_jobs_elsewhere(hydra_cfg.launcher):
                 raise stops.StoppedByFullDisk() from None
             # One failed job must not stop the sweep: its run is FAILED, the summary lists it.
             record_failed_job(cfg, exc)

@@ -74,7 +74,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 # (`--no-loadscope-reorder`): the files that take longest on 2 cores go first, so that none
 # starts last and runs alone (their times: docs/performance.md, The test suite).
 LONGEST_FIRST = (
-    "test_team", "test_use", "test_ray", "test_boundaries_sweeps", "test_boundaries",
+    "test_team", "test_use", "test_ray", "test_slurm", "test_boundaries_sweeps", "test_boundaries",
     "test_sweep", "test_search", "test_ui_e2e", "test_faults", "test_team_gate", "test_reliability",
     "test_stops", "test_backends", "test_bench", "test_cli",
 )  # fmt: skip

@@ -40,6 +40,9 @@ def _without(tmp_path, modules: str) -> dict[str, str]:
     [
         ("ray,hydra_plugins.hydra_ray_launcher", ("-m", "hydra/launcher=ray", "seed=1,2"),
          "hydra/launcher=ray needs digitcnn's 'ray' extra"),
+        ("submitit,hydra_plugins.hydra_submitit_launcher",
+         ("-m", "hydra/launcher=submitit_slurm", "seed=1,2"),
+         "hydra/launcher=submitit_slurm needs digitcnn's 'slurm' extra"),
         ("jax", ("backend=jax",), "backend=jax needs digitcnn's 'jax' extra"),
         ("torch", ("backend=torch",), "backend=torch needs digitcnn's 'torch' extra"),
         ("psycopg", ("tracking.uri=postgresql://mlflow@127.0.0.1:9/mlflow",),

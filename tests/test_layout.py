@@ -89,3 +89,14 @@ def test_no_two_modules_share_a_file_name():
 def test_the_commands_users_type_are_at_the_top():
     for command in ("run", "evaluate", "predict", "team_server"):
         assert (PACKAGE / f"{command}.py").is_file()
+
+
+def test_no_two_modules_import_each_other():
+    """Arrows run one way: a module that imports another is never imported by it (at the top
+    or inside a function: a late import hides a cycle, it does not remove it)."""
+    modules = _modules()
+    imports = {name: {i for i in _imports(path) if i in modules} for name, path in modules.items()}
+    both = sorted(
+        f"{a} <-> {b}" for a, found in imports.items() for b in found if a < b and a in imports[b]
+    )
+    assert not both, both

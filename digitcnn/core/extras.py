@@ -18,6 +18,7 @@ from digitcnn.core.errors import InputError
 # extra -> the modules it brings that digitcnn imports
 EXTRAS = {
     "ray": ("ray", "hydra_plugins.hydra_ray_launcher"),
+    "slurm": ("submitit", "hydra_plugins.hydra_submitit_launcher"),
     "jax": ("jax",),
     "torch": ("torch",),
     "team": ("psycopg", "flask_wtf"),  # the PostgreSQL driver; MLflow's auth app
@@ -52,11 +53,29 @@ def is_ray_launcher(launcher: DictConfig | None) -> bool:
     return "hydra_ray_launcher" in str(target or "")
 
 
+def is_submitit_launcher(launcher: DictConfig | None) -> bool:
+    """Whether `launcher` is a submitit launcher (`submitit_slurm`, `submitit_local`)."""
+    target = OmegaConf.select(launcher, "_target_", default="") if launcher is not None else ""
+    return "submitit_launcher" in str(target or "")
+
+
+def runs_jobs_elsewhere(launcher: DictConfig | None) -> bool:
+    """Whether `launcher` runs its jobs on other machines (Ray's nodes, a Slurm cluster's),
+    where the sweep's process ids and disks say nothing."""
+    if is_ray_launcher(launcher):
+        return True
+    target = OmegaConf.select(launcher, "_target_", default="") if launcher is not None else ""
+    return is_submitit_launcher(launcher) and str(target).endswith("SlurmLauncher")
+
+
 def check_config(config: DictConfig) -> None:
     """The extras that a composed config (launcher, backend, stores) needs, installed."""
     launcher = OmegaConf.select(config, "hydra.launcher", default=None)
     if is_ray_launcher(launcher) and config.hydra.mode == RunMode.MULTIRUN:
         require("ray", "hydra/launcher=ray")
+    if is_submitit_launcher(launcher) and config.hydra.mode == RunMode.MULTIRUN:
+        kind = "slurm" if runs_jobs_elsewhere(launcher) else "local"
+        require("slurm", f"hydra/launcher=submitit_{kind}")
     backend = OmegaConf.select(config, "backend", default="tensorflow")
     if backend in ("jax", "torch"):
         require(backend, f"backend={backend}")

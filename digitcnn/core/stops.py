@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_signals: list[int] = list(STOP_SIGNALS)  # and a scheduler's warning, where one is added
 GRACE_SECONDS = 15.0  # the most a stopped process spends closing its records
 
 _before_stopping: list[Callable[[int], None]] = []
@@ -82,6 +83,25 @@ class StoppedByFullDisk(Stopped):
         return "once there is room, "
 
 
+class StoppedByScheduler(Stopped):
+    """A cluster's scheduler ended a job of the sweep for good (Slurm: `scancel`, or a job out
+    of requeues): the sweep stops as on SIGTERM once its other jobs have ended, its records
+    ended KILLED, to be resumed. `name` says what ended it (the `stopped_by` tag)."""
+
+    def __init__(self, what: str) -> None:
+        KeyboardInterrupt.__init__(self, what)
+        self.signum = signal.SIGTERM
+        self.outcome = ""
+        self.what = what
+
+    def __reduce__(self):
+        return type(self), (self.what,), {"outcome": self.outcome}
+
+    @property
+    def name(self) -> str:
+        return self.what
+
+
 def shield() -> None:
     """Ignore further stop signals while the first one is handled: the records are being
     closed (within GRACE_SECONDS), and interrupting that would leave them half-closed. Called
@@ -89,7 +109,7 @@ def shield() -> None:
     KeyboardInterrupt raised by Python's or a library's own SIGINT handler)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum in STOP_SIGNALS:
+    for signum in _signals:
         if signal.getsignal(signum) not in (signal.SIG_IGN, _ignore_later):
             signal.signal(signum, _ignore_later)
 
@@ -111,10 +131,22 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _installed = True
-    for signum in STOP_SIGNALS:
+    for signum in _signals:
         current = signal.getsignal(signum)
         if current is not signal.SIG_IGN and current is not _ignore_later:
             signal.signal(signum, _stop)
+
+
+def add_stop_signal(signum: int) -> Callable[[int, object], None] | int | None:
+    """Make `signum` a stop signal too in this process (a scheduler's warning before it
+    preempts the job or its time runs out: Slurm's USR2 under submitit), from now on; returns
+    the handler it had."""
+    before = signal.getsignal(signum)
+    if signum not in _signals:
+        _signals.append(signum)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signum, _stop)
+    return before
 
 
 def installed() -> bool:

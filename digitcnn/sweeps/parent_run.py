@@ -23,22 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.core import stops
 from digitcnn.core.config_groups import TrackingConfig
-from digitcnn.core.disk import write_text_whole
 from digitcnn.core.errors import InputError
 from digitcnn.core.runtime import hide_secrets_in_logs
 from digitcnn.core.writer_lock import writing
+from digitcnn.sweeps.sweep_folder import parent_run_id, write_parent_run_id
 from digitcnn.training.backends import select_backend
 
 log = logging.getLogger("digitcnn.sweeps.parent_run")
 
-PARENT_RUN_FILE = "mlflow_parent_run_id"
 JOBS_GRACE_SECONDS = 10.0  # how long a stopped sweep waits for jobs in other processes
-
-
-def parent_run_id(sweep_dir: str | Path) -> str | None:
-    """The parent run of the sweep whose folder is `sweep_dir`, if the callback opened one."""
-    path = Path(sweep_dir) / PARENT_RUN_FILE
-    return path.read_text().strip() if path.is_file() else None
 
 
 def _sweep_to_resume(store, target: str) -> str:
@@ -159,8 +152,7 @@ class MlflowSweepCallback(Callback):
         else:
             self._held.enter_context(writing(sweep_dir, "hydra.sweep.dir"))
             run_id = records.open_parent_run(store, name, tags)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_text_whole(sweep_dir / PARENT_RUN_FILE, run_id)
+        write_parent_run_id(sweep_dir, run_id)
         self._unhook = [
             stops.before_stopping(lambda signum: _let_jobs_close(config, run_id, signum)),
             stops.closing(lambda stopped: _close_stopped(config, run_id, stopped)),

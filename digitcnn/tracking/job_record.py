@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -77,7 +78,7 @@ def tags(
     local = hydra_cfg.runtime.choices.get("local")
     if local and _in_search_path(hydra_cfg, f"local/{local}.yaml"):  # applied, not just named
         found["local_config"] = f"local/{local}.yaml"
-    return found | _node_tags() | {label: "true" for label in typed.tags}
+    return found | node_tags() | {label: "true" for label in typed.tags}
 
 
 def _in_search_path(hydra_cfg: DictConfig, name: str) -> bool:
@@ -96,11 +97,26 @@ def _in_search_path(hydra_cfg: DictConfig, name: str) -> bool:
     return False
 
 
-def _node_tags() -> dict[str, str]:
-    """The machine that ran the job: its host name, and its Ray node inside a Ray worker."""
+# Slurm's variables in a job -> the run's tags that say where it ran (the latest attempt's)
+SLURM_TAGS = {
+    "SLURM_JOB_ID": "slurm.job_id",
+    "SLURM_ARRAY_JOB_ID": "slurm.array_job_id",
+    "SLURM_ARRAY_TASK_ID": "slurm.array_task_id",
+    "SLURMD_NODENAME": "slurm.node",
+    "SLURM_JOB_PARTITION": "slurm.partition",
+    "SLURM_RESTART_COUNT": "slurm.restart_count",
+}
+
+
+def node_tags() -> dict[str, str]:
+    """The machine that ran the job: its host name, its Ray node inside a Ray worker, its
+    Slurm job, node and restarts inside a Slurm job."""
     import socket
 
     found = {"host": socket.gethostname()}
+    if "SLURM_JOB_ID" in os.environ:
+        found["slurm.restart_count"] = "0"  # a first attempt has no SLURM_RESTART_COUNT
+        found |= {tag: os.environ[var] for var, tag in SLURM_TAGS.items() if os.environ.get(var)}
     ray = sys.modules.get("ray")  # imported only where a Ray launcher runs the job
     if ray is not None and ray.is_initialized():
         context = ray.get_runtime_context()

@@ -128,11 +128,13 @@ def as_run_here(typed: Config) -> tuple[Config, str]:
 
 def thread_share(trainer: TrainerConfig, launcher: DictConfig) -> tuple[int, int]:
     """(intra, inter) op threads: as configured, or this job's share of the CPUs when a
-    launcher runs several jobs at once (2 jobs on 2 cores: 1 thread each; on Ray the CPUs
-    each job reserves)."""
+    launcher runs several jobs at once (2 jobs on 2 cores: 1 thread each; on Ray and Slurm
+    the CPUs each job reserves)."""
     if trainer.intra_op_threads or trainer.inter_op_threads:
         return trainer.intra_op_threads, trainer.inter_op_threads
-    reserved = OmegaConf.select(launcher, "ray.remote.num_cpus")
+    reserved = OmegaConf.select(launcher, "ray.remote.num_cpus") or OmegaConf.select(
+        launcher, "cpus_per_task"
+    )
     if reserved:
         return max(1, int(reserved)), 1
     parallel = int(launcher.get("n_jobs") or 1)

@@ -88,8 +88,8 @@ class OptunaSearch:
         import optuna
 
         from digitcnn import tracking
-        from digitcnn.sweeps.parent_run import parent_run_id
         from digitcnn.sweeps.search import report
+        from digitcnn.sweeps.sweep_folder import parent_run_id
 
         config = self.config
         optuna.logging.disable_default_handler()  # its messages go through Hydra's logging

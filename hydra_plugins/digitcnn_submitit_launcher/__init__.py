@@ -1,0 +1,1 @@
+"""digitcnn's submitit launchers (Slurm, local), where Hydra finds launchers."""

@@ -1,0 +1,199 @@
+"""Sweeps on a real one-node Slurm (tests/slurm_cluster.py), through `hydra/launcher=
+submitit_slurm`, with Slurm's own signals: a requeue, a time limit, a preemption, a cancel.
+Each job that Slurm stops must come back and continue its own run: same run id, every epoch
+once, one line in its log, the sweep's parent FINISHED at the end."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Hold, client_for, failure_report, run_cli, start_cli
+
+# Each job: 3 quick epochs on the digits, one CPU; Slurm's node has two.
+SWEEP = (
+    "-m",
+    "hydra/launcher=submitit_slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "experiment=quick",
+    "trainer.epochs=3",
+)
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    from tests.slurm_cluster import SlurmCluster, missing
+
+    reason = missing()
+    if reason and os.environ.get("CI") != "true":
+        pytest.skip(reason)
+    cluster = SlurmCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _children(root: Path):
+    """(client, parent, children by job number) of the only sweep in experiment 'quick'."""
+    client = client_for(root)
+    runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda r: int(r.data.tags["sweep.job"]),
+    )
+    assert len(children) == len(runs) - 1
+    return client, parent, children
+
+
+def _steps(client, run) -> list[int]:
+    return [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+
+
+def _job_folder(root: Path, job: int) -> Path:
+    """submitit's folder of sweep job `job` (`<array id>_<job>`; a sweep of one job is no array:
+    `<job id>`), once it was submitted."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = [
+            p for p in root.glob("multirun/*/*/.submitit/*")
+            if p.name.endswith(f"_{job}") or (job == 0 and p.name.isdigit())
+        ]  # fmt: skip
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} was not submitted")
+
+
+def _log(folder: Path) -> str:
+    """The job's error stream, all its attempts (Slurm appends)."""
+    return "".join(p.read_text() for p in sorted(folder.glob("*_log.err")))
+
+
+def _gone(pid: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} is still running")
+
+
+def _assert_continued(client, run, restarts: int, signal_name: str, log: str) -> None:
+    """The run was stopped once, after epoch 2, and continued by the requeued attempt."""
+    assert run.info.status == "FINISHED"
+    assert _steps(client, run) == [1, 2, 3]  # every epoch once
+    tags = run.data.tags
+    assert tags["resumed_after_epoch"] == "2"
+    assert tags["slurm.restart_count"] == str(restarts)
+    assert tags["slurm.node"] == "localhost"
+    assert "stopped_by" not in tags
+    assert "test_accuracy" in run.data.metrics
+    stopped = [line for line in log.splitlines() if line.startswith("stopped by ")]
+    assert len(stopped) == 1 and stopped[0].startswith(f"stopped by {signal_name}"), log
+    assert f"run {run.info.run_id} ended KILLED" in stopped[0]
+    assert "Traceback" not in log
+
+
+def test_a_sweep_on_slurm_continues_a_job_slurm_requeued(tmp_path, slurm):
+    """Two jobs as a job array; job 1, held after epoch 2, is requeued (`scontrol requeue`:
+    SIGTERM, then Slurm starts it again in the same folder)."""
+    hold = Hold(tmp_path, "epoch-2", job=1)
+    proc = start_cli(tmp_path, *SWEEP, "seed=1,2", env=slurm.env | hold.env)
+    pid = hold.wait(proc)
+    folder = _job_folder(tmp_path, 1)
+    slurm.run("scontrol", "requeue", folder.name)
+    _gone(pid)
+    hold.release()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, out
+    client, parent, children = _children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.launcher"] == "SlurmLauncher"
+    assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_failed"] == 0
+    first, requeued = children
+    assert first.info.status == "FINISHED" and _steps(client, first) == [1, 2, 3]
+    assert first.data.tags["slurm.restart_count"] == "0"
+    assert first.data.tags["slurm.array_task_id"] == "0"
+    assert requeued.data.tags["slurm.array_task_id"] == "1"
+    assert requeued.data.tags["slurm.array_job_id"] == folder.name.split("_")[0]
+    _assert_continued(client, requeued, 1, "SIGTERM", _log(folder))
+
+
+def test_a_job_past_its_time_limit_is_signalled_requeued_and_continued(tmp_path, slurm):
+    """A 2-minute limit with the warning 80 s before it: USR2 reaches the job, held after
+    epoch 2, 40 to 70 s in (Slurm's timing is coarse); submitit requeues it."""
+    hold = Hold(tmp_path, "epoch-2")
+    limits = ("hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=80")
+    proc = start_cli(tmp_path, *SWEEP, *limits, "seed=1", env=slurm.env | hold.env)
+    _gone(hold.wait(proc))  # until Slurm's warning stops it
+    hold.release()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, out
+    client, parent, (job,) = _children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    _assert_continued(client, job, 1, "SIGUSR2", _log(_job_folder(tmp_path, 0)))
+
+
+def test_a_job_preempted_by_a_higher_partition_is_requeued_and_continued(tmp_path, slurm):
+    """A job of partition `high` that needs both CPUs preempts the sweep's job (partition
+    `low`, PreemptMode=REQUEUE): Slurm sends it USR2, then requeues it."""
+    hold = Hold(tmp_path, "epoch-2")
+    proc = start_cli(tmp_path, *SWEEP, "seed=1", env=slurm.env | hold.env)
+    pid = hold.wait(proc)
+    slurm.run("sbatch", "-p", "high", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 2")
+    _gone(pid)
+    hold.release()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, out
+    client, parent, (job,) = _children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    _assert_continued(client, job, 1, "SIGUSR2", _log(_job_folder(tmp_path, 0)))
+
+
+def test_a_cancelled_job_stops_the_sweep_which_resumes_on_slurm(tmp_path, slurm):
+    """`scancel` of job 1 mid-training: its run ends KILLED; the sweep waits for job 0, ends
+    its parent KILLED with one line, and `resume=` its folder finishes job 1's run."""
+    hold = Hold(tmp_path, "epoch-2", job=1)
+    proc = start_cli(tmp_path, *SWEEP, "seed=1,2", env=slurm.env | hold.env)
+    hold.wait(proc)
+    folder = _job_folder(tmp_path, 1)
+    slurm.run("scancel", folder.name)
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    hold.release()
+    assert proc.returncode == 143, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"stopped by Slurm job {folder.name} ended CANCELLED: sweep run "), out
+    sweep_dir = folder.parent.parent
+    assert f"resume={sweep_dir}` continues it" in last
+    client, parent, (first, cancelled) = _children(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert first.info.status == "FINISHED"
+    assert cancelled.info.status == "KILLED" and _steps(client, cancelled) == [1, 2]
+
+    again = run_cli(tmp_path, *SWEEP, "seed=1,2", f"resume={sweep_dir}", env=slurm.env)
+    assert again.returncode == 0, failure_report(again)
+    client, parent, (first_again, continued) = _children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert first_again.info.run_id == first.info.run_id
+    assert continued.info.run_id == cancelled.info.run_id
+    assert continued.info.status == "FINISHED" and _steps(client, continued) == [1, 2, 3]
+    assert "stopped_by" not in continued.data.tags
+
+
+def test_submitit_local_runs_a_sweep_without_slurm(tmp_path):
+    proc = run_cli(tmp_path, "-m", "hydra/launcher=submitit_local", "experiment=quick", "seed=1,2")
+    assert proc.returncode == 0, failure_report(proc)
+    _, parent, children = _children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.launcher"] == "LocalLauncher"
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert not any(k.startswith("slurm.") for c in children for k in c.data.tags)
