@@ -197,3 +197,21 @@ def test_submitit_local_runs_a_sweep_without_slurm(tmp_path):
     assert parent.data.tags["sweep.launcher"] == "LocalLauncher"
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
     assert not any(k.startswith("slurm.") for c in children for k in c.data.tags)
+
+
+def test_a_stopped_sweep_cancels_its_slurm_jobs(tmp_path, slurm):
+    """SIGTERM to the sweep's own process (Ctrl-C alike) while both jobs train: it cancels
+    them, their runs end KILLED, and the parent KILLED with the `resume=` line."""
+    hold = Hold(tmp_path, "epoch-2", job=1)
+    proc = start_cli(tmp_path, *SWEEP, "seed=1,2", env=slurm.env | hold.env)
+    hold.wait(proc)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    hold.release()
+    assert proc.returncode == 143, out
+    assert out.strip().splitlines()[-1].startswith("stopped by SIGTERM: sweep run "), out
+    assert slurm.jobs() == []  # none left pending or running
+    _, parent, children = _children(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert len(children) == 2 and all(c.info.status in ("KILLED", "FINISHED") for c in children)
+    assert children[1].info.status == "KILLED"
