@@ -88,18 +88,22 @@ def _gone(pid: int, timeout: float = 120) -> None:
 
 
 def _assert_continued(client, run, restarts: int, signal_name: str, log: str) -> None:
-    """The run was stopped once, after epoch 2, and continued by the requeued attempt."""
+    """The run was stopped after epoch 2 and continued by the requeued attempt, every epoch
+    once. A requeued attempt gets a time limit of its own: on a loaded machine Slurm may warn
+    it too (then it stops again and the next attempt continues, or finds the run done), so
+    later stops are allowed, each with its one line."""
     assert run.info.status == "FINISHED"
     assert _steps(client, run) == [1, 2, 3]  # every epoch once
     tags = run.data.tags
     assert tags["resumed_after_epoch"] == "2"
-    assert tags["slurm.restart_count"] == str(restarts)
+    assert int(tags["slurm.restart_count"]) >= restarts
     assert tags["slurm.node"] == "localhost"
     assert "stopped_by" not in tags
     assert "test_accuracy" in run.data.metrics
     stopped = [line for line in log.splitlines() if line.startswith("stopped by ")]
-    assert len(stopped) == 1 and stopped[0].startswith(f"stopped by {signal_name}"), log
+    assert stopped and stopped[0].startswith(f"stopped by {signal_name}"), log
     assert f"run {run.info.run_id} ended KILLED" in stopped[0]
+    assert all(f"run {run.info.run_id} ended " in line for line in stopped), log
     assert "Traceback" not in log
 
 
