@@ -107,6 +107,22 @@ def _assert_continued(client, run, restarts: int, signal_name: str, log: str) ->
     assert "Traceback" not in log
 
 
+def _one_job_warned_and_continued(tmp_path, slurm, *overrides: str, preempt=lambda: None):
+    """A sweep of one job, held after epoch 2 until Slurm's USR2 stops it (after `preempt()`,
+    what sends it); the sweep ends 0 with the job's run continued by the requeued attempt."""
+    hold = Hold(tmp_path, "epoch-2")
+    proc = start_cli(tmp_path, *SWEEP, *overrides, "seed=1", env=slurm.env | hold.env)
+    pid = hold.wait(proc)
+    preempt()
+    _gone(pid)
+    hold.release()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, out
+    client, parent, (job,) = _children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    _assert_continued(client, job, 1, "SIGUSR2", _log(_job_folder(tmp_path, 0)))
+
+
 def test_a_sweep_on_slurm_continues_a_job_slurm_requeued(tmp_path, slurm):
     """Two jobs as a job array; job 1, held after epoch 2, is requeued (`scontrol requeue`:
     SIGTERM, then Slurm starts it again in the same folder)."""
@@ -135,32 +151,20 @@ def test_a_sweep_on_slurm_continues_a_job_slurm_requeued(tmp_path, slurm):
 def test_a_job_past_its_time_limit_is_signalled_requeued_and_continued(tmp_path, slurm):
     """A 2-minute limit with the warning 80 s before it: USR2 reaches the job, held after
     epoch 2, 40 to 70 s in (Slurm's timing is coarse); submitit requeues it."""
-    hold = Hold(tmp_path, "epoch-2")
     limits = ("hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=80")
-    proc = start_cli(tmp_path, *SWEEP, *limits, "seed=1", env=slurm.env | hold.env)
-    _gone(hold.wait(proc))  # until Slurm's warning stops it
-    hold.release()
-    out, _ = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, out
-    client, parent, (job,) = _children(tmp_path)
-    assert parent.info.status == "FINISHED"
-    _assert_continued(client, job, 1, "SIGUSR2", _log(_job_folder(tmp_path, 0)))
+    _one_job_warned_and_continued(tmp_path, slurm, *limits)  # until Slurm's warning stops it
 
 
 def test_a_job_preempted_by_a_higher_partition_is_requeued_and_continued(tmp_path, slurm):
     """A job of partition `high` that needs both CPUs preempts the sweep's job (partition
     `low`, PreemptMode=REQUEUE): Slurm sends it USR2, then requeues it."""
-    hold = Hold(tmp_path, "epoch-2")
-    proc = start_cli(tmp_path, *SWEEP, "seed=1", env=slurm.env | hold.env)
-    pid = hold.wait(proc)
-    slurm.run("sbatch", "-p", "high", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 2")
-    _gone(pid)
-    hold.release()
-    out, _ = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, out
-    client, parent, (job,) = _children(tmp_path)
-    assert parent.info.status == "FINISHED"
-    _assert_continued(client, job, 1, "SIGUSR2", _log(_job_folder(tmp_path, 0)))
+    _one_job_warned_and_continued(
+        tmp_path,
+        slurm,
+        preempt=lambda: slurm.run(
+            "sbatch", "-p", "high", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 2"
+        ),
+    )
 
 
 def test_a_cancelled_job_stops_the_sweep_which_resumes_on_slurm(tmp_path, slurm):

@@ -46,17 +46,21 @@ def _is_postgresql(uri: str | None) -> bool:
     return str(uri or "").startswith(("postgresql", "postgres:"))
 
 
+def _target(launcher: DictConfig | None) -> str:
+    """The class a launcher's config names (`hydra.launcher._target_`), or ""."""
+    target = OmegaConf.select(launcher, "_target_", default="") if launcher is not None else ""
+    return str(target or "")
+
+
 def is_ray_launcher(launcher: DictConfig | None) -> bool:
     """Whether `launcher` (a config's `hydra.launcher`) is the Ray launcher, whose jobs run on
     Ray's nodes rather than beside the sweep."""
-    target = OmegaConf.select(launcher, "_target_", default="") if launcher is not None else ""
-    return "hydra_ray_launcher" in str(target or "")
+    return "hydra_ray_launcher" in _target(launcher)
 
 
 def is_submitit_launcher(launcher: DictConfig | None) -> bool:
     """Whether `launcher` is a submitit launcher (`submitit_slurm`, `submitit_local`)."""
-    target = OmegaConf.select(launcher, "_target_", default="") if launcher is not None else ""
-    return "submitit_launcher" in str(target or "")
+    return "submitit_launcher" in _target(launcher)
 
 
 def runs_jobs_elsewhere(launcher: DictConfig | None) -> bool:
@@ -64,8 +68,7 @@ def runs_jobs_elsewhere(launcher: DictConfig | None) -> bool:
     where the sweep's process ids and disks say nothing."""
     if is_ray_launcher(launcher):
         return True
-    target = OmegaConf.select(launcher, "_target_", default="") if launcher is not None else ""
-    return is_submitit_launcher(launcher) and str(target).endswith("SlurmLauncher")
+    return is_submitit_launcher(launcher) and _target(launcher).endswith("SlurmLauncher")
 
 
 def check_config(config: DictConfig) -> None:
