@@ -24,12 +24,14 @@ from digitcnn.core.disk import write_text_whole
 from digitcnn.core.extras import runs_jobs_elsewhere
 from digitcnn.core.runtime import import_keras_quietly
 from digitcnn.core.writer_lock import writing
+from digitcnn.sweeps.search.trial import STATE_TAG
 from digitcnn.tracking.recording import open_recording
 from digitcnn.tracking.resume import RESOLVED_CONFIG, JobSource, job_source
 from digitcnn.training.backends import select_backend
 from digitcnn.training.timing import Timings, process_age
 
 log = logging.getLogger("digitcnn")
+PRUNED_SKIPS = ("tested", "model")  # a pruned trial's run: its `results` keep only the curves
 
 
 def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
@@ -268,9 +270,10 @@ def _train_and_test(
     parent_run_id: str | None,
 ) -> dict[str, list[float]]:
     """The steps after the run opened, each done once (see digitcnn.tracking.ledger): the
-    epochs left, checkpointed each; `trained`, `tested`, `model`, `results`. A resumed run
-    does the steps its ledger does not mark done, replaying those already decided. Returns
-    every epoch's history."""
+    epochs left, checkpointed each; `trained`, `tested`, `model`, `results` (a search's
+    pruned trial is no candidate: `trained`, then `results` with its curves only). A resumed
+    run does the steps its ledger does not mark done, replaying those already decided.
+    Returns every epoch's history."""
     from digitcnn.evaluation.metrics import evaluate
     from digitcnn.tracking import job_record
     from digitcnn.tracking.ledger import Ledger
@@ -287,6 +290,13 @@ def _train_and_test(
     if not ledger.done("trained"):
         recorder.record_step(ledger.intent_file("trained"), ledger.done_file("trained"))
     step("trained")
+    if _pruned(trained):  # no candidate: its curves and why it was pruned, nothing of the test
+        if not ledger.done("results"):
+            job_record.log_results(recorder, source.cfg, typed, data, None, history, overrides,
+                                   ledger.done_file("results"))  # fmt: skip
+            step("results")
+        job_record.say_where(recorder, typed, None, trained.get("metrics", {}))
+        return history
 
     if validated is not None and data.x_val is data.x_test:
         probabilities = validated  # dataset.val_size=0: the last validation was this test
@@ -346,8 +356,9 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
                 f"ended its training after epoch {decided['epochs']} and is being recorded; "
                 "resume it without trainer.epochs"
             )
+        skipping = PRUNED_SKIPS if _pruned(decided) else ()
         log.info("training ended after epoch %d; recording: %s", decided["epochs"],
-                 ", ".join(ledger.left()) or "closing")  # fmt: skip
+                 ", ".join(ledger.left(skipping)) or "closing")  # fmt: skip
         return {k: list(v) for k, v in history.items()}, None, decided
     saver = EpochCheckpoint(Path(typed.paths.output_dir), recorder.run_id, history)
     # A search's trial hears of epochs still to train; a resumed job whose epochs were all
@@ -369,6 +380,11 @@ def _train(typed: Config, source: JobSource, model, data, recorder, ledger, timi
         tags={k: str(v) for k, v in end_state_tags(reporters).items()},
     )
     return trained.history, trained.validation_probabilities, decided
+
+
+def _pruned(trained: dict) -> bool:
+    """Whether the `trained` step's intent says a search's pruner stopped the trial."""
+    return trained.get("tags", {}).get(STATE_TAG) == "PRUNED"
 
 
 def record_failed_job(cfg: DictConfig, error: Exception) -> None:

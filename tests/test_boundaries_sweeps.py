@@ -47,10 +47,14 @@ SEARCH = (
     "tracking.experiment=walk",
     "hydra.sweeper.n_trials=2",
 )
-# Every trial pruned after its first epoch (a floor no accuracy reaches); or none.
+# Every trial pruned after its first epoch (a floor no accuracy reaches): no candidate, so
+# neither tested nor its model logged; or none pruned.
 PRUNED = ("trainer.epochs=3", "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01")
 COMPLETE = ("trainer.epochs=2", "hydra/sweeper/pruner=none")
-TRIAL_CHAIN = ("trained@job1", "tested@job1", "model@job1", "results@job1")
+CHAINS = {
+    "pruned": ("trained@job1", "results@job1"),
+    "complete": ("trained@job1", "tested@job1", "model@job1", "results@job1"),
+}
 
 
 @pytest.mark.parametrize("ending", [PRUNED, COMPLETE], ids=["pruned", "complete"])
@@ -60,10 +64,11 @@ def test_a_search_trial_stopped_at_every_boundary_records_what_an_uninterrupted_
     args = (*SEARCH, *ending)
     root = tmp_path / "stopped"
     root.mkdir()
-    _walk_sweep(root, args, TRIAL_CHAIN, first=0)
+    _walk_sweep(root, args, CHAINS["pruned" if ending is PRUNED else "complete"], first=0)
     stopped = records(root, "walk")
-    if ending is PRUNED:  # each trial pruned once, after its first epoch
+    if ending is PRUNED:  # each trial pruned once, after its first epoch, and not tested
         for job in ("job 0", "job 1"):
             assert ("optuna.pruned_at_epoch", "1") in stopped[job]["tags"], stopped[job]["tags"]
             assert stopped[job]["metrics"]["val_accuracy"] == [1]
+            assert "test_accuracy" not in stopped[job]["metrics"] and not stopped[job]["models"]
     assert not differences(stopped, uninterrupted(tmp_path, args, "walk"))

@@ -45,6 +45,24 @@ def _search_runs(root: Path):
     return client, parent, children
 
 
+# What only a tested run has, and what a pruned trial's run keeps of its results.
+TEST_ARTIFACTS = {
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "classification_report.json",
+    "misclassified.png",
+}
+KEPT_ARTIFACTS = {"learning_curves.png", "config/config.yaml", "config/overrides.yaml"}
+
+
+def _artifacts(client, run_id: str) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id):
+        inner = client.list_artifacts(run_id, item.path) if item.is_dir else [item]
+        found |= {i.path for i in inner}
+    return found
+
+
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_search_prunes_hopeless_trials_and_records_each_as_a_child_run(tmp_path, launcher):
     extra = ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"] if launcher == "joblib" else []
@@ -72,10 +90,19 @@ def test_a_search_prunes_hopeless_trials_and_records_each_as_a_child_run(tmp_pat
             stopped = int(run.data.tags["optuna.pruned_at_epoch"])
             assert stopped == len(epochs) < 3 and trial.user_attrs["pruned_at_epoch"] == stopped
             checkpoint = Path(run.data.tags["hydra.output_dir"]) / "checkpoint" / "state.json"
-            assert checkpoint.is_file()  # kept, with its curves and test metrics
-            assert "test_accuracy" in run.data.metrics
+            assert checkpoint.is_file()  # kept, with its curves
+            # No candidate: not tested, no model, no test figures; its run says so.
+            assert "test_accuracy" not in run.data.metrics, run.data.metrics
+            assert run.data.tags["optuna.skipped"].startswith("test evaluation, logged model")
+            assert not client.search_logged_models(
+                [parent.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+            )
+            artifacts = _artifacts(client, run.info.run_id)
+            assert artifacts >= KEPT_ARTIFACTS and not TEST_ARTIFACTS & artifacts, artifacts
         else:
             assert len(epochs) == 3 and trial.value == pytest.approx(epochs[-1].value)
+            assert "test_accuracy" in run.data.metrics and "optuna.skipped" not in run.data.tags
+            assert _artifacts(client, run.info.run_id) >= TEST_ARTIFACTS | KEPT_ARTIFACTS
     metrics = parent.data.metrics
     assert metrics["epochs_trained"] == sum(len(t.intermediate_values) for t in trials) < 15
     assert metrics["trials_pruned"] == list(states.values()).count("PRUNED")

@@ -207,28 +207,30 @@ def log_results(
     cfg: DictConfig,
     typed: Config,
     data: Dataset,
-    scores: Evaluation,
+    scores: Evaluation | None,
     history: dict,
     overrides: list[str],
     done: Path,
 ) -> None:
-    """The test's figures and tables, and the config the run trained with, in one call: the
+    """The learning curves, the test's figures and tables (none for a pruned trial, which
+    was not tested: `scores` None), and the config the run trained with, in one call: the
     ledger's results step (`done`, its file)."""
-    labels = [str(c) for c in range(data.num_classes)]
-    recorder.log_files(
-        {
+    files = {
+        "learning_curves.png": figures.learning_curves_figure(history),
+        "config/config.yaml": OmegaConf.to_yaml(recorded_config(cfg, typed)),
+        "config/overrides.yaml": OmegaConf.to_yaml([redact(o) for o in overrides]),
+    }
+    if scores is not None:
+        labels = [str(c) for c in range(data.num_classes)]
+        files |= {
             "confusion_matrix.png": figures.confusion_figure(scores.confusion, scores.accuracy),
             "confusion_matrix.csv": pd.DataFrame(scores.confusion, index=labels, columns=labels),
             "classification_report.json": scores.report,
-            "learning_curves.png": figures.learning_curves_figure(history),
             "misclassified.png": figures.misclassified_figure(
                 data.x_test, data.y_test, scores.predicted
             ),
-            "config/config.yaml": OmegaConf.to_yaml(recorded_config(cfg, typed)),
-            "config/overrides.yaml": OmegaConf.to_yaml([redact(o) for o in overrides]),
-        },
-        done=done,
-    )
+        }
+    recorder.log_files(files, done=done)
 
 
 def log_job_log(recorder, hydra_cfg: DictConfig) -> None:
@@ -240,15 +242,19 @@ def log_job_log(recorder, hydra_cfg: DictConfig) -> None:
         recorder.log_file(log_file, "logs")
 
 
-def say_where(recorder, typed: Config, scores: Evaluation, fit_metrics: dict) -> None:
-    """The lines that end a job's log: its test scores, speed, and where its records are."""
-    log.info(
-        "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",
-        scores.accuracy,
-        scores.loss,
-        scores.macro_f1,
-        int(scores.confusion.sum()),
-    )
+def say_where(recorder, typed: Config, scores: Evaluation | None, fit_metrics: dict) -> None:
+    """The lines that end a job's log: its test scores (`scores` None: a pruned trial, not
+    tested), speed, and where its records are."""
+    if scores is None:
+        log.info("pruned: not tested, no model logged (the run's curves say why)")
+    else:
+        log.info(
+            "test accuracy %.4f  loss %.4f  macro F1 %.4f  (%d test images)",
+            scores.accuracy,
+            scores.loss,
+            scores.macro_f1,
+            int(scores.confusion.sum()),
+        )
     if fit_metrics:
         log.info(
             "trained %.1fs (%.0f img/s)",

@@ -64,8 +64,8 @@ class Ledger:
         write_text_whole(self.intent_file(step), json.dumps(intent, sort_keys=True))
         return intent
 
-    def left(self) -> list[str]:
-        return [step for step in STEPS if not self.done(step)]
+    def left(self, skipping: tuple[str, ...] = ()) -> list[str]:
+        return [step for step in STEPS if not self.done(step) and step not in skipping]
 
     def start_over(self) -> None:
         """Forget the steps of a finished run that `resume=` extends with more epochs: they

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from digitcnn.sweeps.search.trial import (
     EPOCHS_ATTR,
     PRUNED_AT_TAG,
+    SKIPPED_TAG,
     STATE_TAG,
     TrialLink,
     trial_of,
@@ -69,9 +70,12 @@ def reporters_for(sweeper: DictConfig, objective: str, history: dict) -> list[Re
 
 
 def end_state_tags(reporters: list[ReportToTrial]) -> dict[str, object]:
-    """How a search job's trial ended, as tags on its run: PRUNED (and after which epoch) or
-    COMPLETE; none outside a search."""
+    """How a search job's trial ended, as tags on its run: PRUNED (after which epoch, and
+    what its run skips: a pruned trial is no candidate) or COMPLETE; none outside a search."""
     if not reporters:
         return {}
     pruned_at = reporters[0].pruned_at
-    return {STATE_TAG: "PRUNED", PRUNED_AT_TAG: pruned_at} if pruned_at else {STATE_TAG: "COMPLETE"}
+    if not pruned_at:
+        return {STATE_TAG: "COMPLETE"}
+    skipped = "test evaluation, logged model, test figures"
+    return {STATE_TAG: "PRUNED", PRUNED_AT_TAG: pruned_at, SKIPPED_TAG: skipped}

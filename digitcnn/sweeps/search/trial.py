@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 # What a trial's child run says of it (tags), for the sweeper and for people browsing runs.
 TRIAL_TAG, STATE_TAG, PRUNED_AT_TAG = "optuna.trial", "optuna.state", "optuna.pruned_at_epoch"
+# A pruned trial is no candidate: its run skips what only a candidate needs, and says so.
+SKIPPED_TAG = "optuna.skipped"
 EPOCHS_ATTR = "epochs"  # a trial's user attribute: its epochs, where it reports none
 
 
