@@ -290,29 +290,23 @@ def _train_and_test(
     if not ledger.done("trained"):
         recorder.record_step(ledger.intent_file("trained"), ledger.done_file("trained"))
     step("trained")
-    if _pruned(trained):  # no candidate: its curves and why it was pruned, nothing of the test
-        if not ledger.done("results"):
-            job_record.log_results(recorder, source.cfg, typed, data, None, history, overrides,
-                                   ledger.done_file("results"))  # fmt: skip
-            step("results")
-        job_record.say_where(recorder, typed, None, trained.get("metrics", {}))
-        return history
-
-    if validated is not None and data.x_val is data.x_test:
-        probabilities = validated  # dataset.val_size=0: the last validation was this test
-    else:
-        probabilities = predict_probabilities(model, data.x_test)
-    scores = evaluate(probabilities, data.y_test)
-    if not ledger.done("tested"):
-        if ledger.intent("tested") is None:
-            ledger.write_intent("tested", metrics=scores.metrics())
-        recorder.record_step(ledger.intent_file("tested"), ledger.done_file("tested"))
-    step("tested")
-    if typed.tracking.log_model and not ledger.done("model"):
-        # first: a recorder process logs it while the figures are drawn
-        job_record.log_model(recorder, typed, model, data, probabilities, ledger.done_file("model"),
-                             since=trained["timestamp"])  # fmt: skip
-        step("model")
+    scores = None  # a pruned trial is no candidate: its curves and why, nothing of the test
+    if not _pruned(trained):
+        if validated is not None and data.x_val is data.x_test:
+            probabilities = validated  # dataset.val_size=0: the last validation was this test
+        else:
+            probabilities = predict_probabilities(model, data.x_test)
+        scores = evaluate(probabilities, data.y_test)
+        if not ledger.done("tested"):
+            if ledger.intent("tested") is None:
+                ledger.write_intent("tested", metrics=scores.metrics())
+            recorder.record_step(ledger.intent_file("tested"), ledger.done_file("tested"))
+        step("tested")
+        if typed.tracking.log_model and not ledger.done("model"):
+            # first: a recorder process logs it while the figures are drawn
+            job_record.log_model(recorder, typed, model, data, probabilities,
+                                 ledger.done_file("model"), since=trained["timestamp"])  # fmt: skip
+            step("model")
     if not ledger.done("results"):
         job_record.log_results(recorder, source.cfg, typed, data, scores, history, overrides,
                                ledger.done_file("results"))  # fmt: skip
