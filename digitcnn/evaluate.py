@@ -41,7 +41,6 @@ def _typed(cfg: DictConfig) -> EvaluateConfig:
 def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     typed = _typed(cfg)
     select_backend(typed.backend)
-    import_keras_quietly()
 
     from digitcnn import tracking
     from digitcnn.data import load_dataset
@@ -55,6 +54,7 @@ def evaluate_model(cfg: DictConfig) -> dict[str, float]:
     found = provenance.check(typed.model_uri, typed.tracking.uri, typed.trust, "trust=[{}]")
     if found:
         log.info("model     %s", found.line())
+    import_keras_quietly()  # only for a model that will load: a refusal costs no Keras
     model = load_logged_model(typed.model_uri, found.load_uri if found else None)
     data = load_dataset(typed.dataset, typed.seed)
     images = data.x_test[..., 0] * data.pixel_max  # raw pixels, as the logged model takes them

@@ -107,7 +107,6 @@ def load_model(uri: str, tracking_uri: str | None, trust: list[str] = ()):
     from digitcnn.core.runtime import import_keras_quietly, mlflow_defaults
     from digitcnn.team import provenance
 
-    import_keras_quietly()
     mlflow_defaults()
     import mlflow
 
@@ -125,6 +124,7 @@ def load_model(uri: str, tracking_uri: str | None, trust: list[str] = ()):
         found = provenance.check(uri, tracking_uri, list(trust))
         if found:
             print(found.line(), file=sys.stderr)
+        import_keras_quietly()  # only for a model that will load: a refusal costs no Keras
         # what was checked is what loads: the logged model the reference resolved to
         model = load_logged_model(uri, found.load_uri if found else uri)
     except InputError as exc:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 # Before Keras (which writes ~/.keras/keras.json on import) or MLflow are imported.
@@ -108,11 +110,52 @@ def compose_cfg(tmp_path):
     return _compose
 
 
+# A new SQLite store costs its first process MLflow's schema migrations (about 0.7 s of CPU).
+# Each root a command is started in gets a copy of one store made by digitcnn at the start of
+# the session, as a project whose store was made by its first run; the tests marked
+# `new_store` (runs that race to create one) start with no store at all.
+_store_template: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _a_store_to_copy(tmp_path_factory) -> None:
+    global _store_template
+    from digitcnn.tracking import tracking_client
+
+    template = tmp_path_factory.mktemp("store-template")
+    tracking_client(store_uri(template))
+    _store_template = template / "mlruns"
+
+
+@pytest.fixture(autouse=True)
+def _new_store_when_marked(request, monkeypatch) -> None:
+    if request.node.get_closest_marker("new_store"):
+        monkeypatch.setattr(sys.modules[__name__], "_store_template", None)
+
+
+def _seed_store(root: Path) -> None:
+    """The session's empty store under `root`, unless it has one (or a test wants none)."""
+    if _store_template is None or (root / "mlruns").exists():
+        return
+    try:
+        shutil.copytree(_store_template, root / "mlruns")
+    except OSError:  # a root a test made unwritable: the command finds no store, as a user's
+        shutil.rmtree(root / "mlruns", ignore_errors=True)
+        return
+    with closing(sqlite3.connect(root / "mlruns" / "mlflow.db")) as db, db:
+        # the default experiment's folder, as MLflow names it for a store made from `root`
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(root / "mlruns" / "0"),),
+        )
+
+
 def cli_env(root: Path) -> dict[str, str]:
     """An environment whose project root (store, outputs, data cache) is `root`, and whose
     home is `root/home`: nothing the CLI does reaches the user's home."""
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
+    _seed_store(root)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KERAS_"))}
     env.update(DIGITCNN_ROOT=str(root), HOME=str(home), PYTHONUNBUFFERED="1")
     return env

@@ -12,9 +12,15 @@ SINGLE = ("experiment=quick", "trainer.epochs=2", "tracking.experiment=walk")
 SINGLE_CHAIN = ("epoch-1", "epoch-2", "trained", "tested", "model", "results", "closed")
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_single(tmp_path_factory) -> dict:
+    """The record both walks are compared with: made once."""
+    return uninterrupted(tmp_path_factory.mktemp("single"), SINGLE, "walk")
+
+
 @pytest.mark.parametrize("first", [0, 1], ids=["SIGTERM-first", "SIGKILL-first"])
 def test_a_single_run_stopped_at_every_boundary_records_what_an_uninterrupted_run_does(
-    tmp_path, first
+    tmp_path, first, uninterrupted_single
 ):
     root = tmp_path / "stopped"
     root.mkdir()
@@ -31,4 +37,4 @@ def test_a_single_run_stopped_at_every_boundary_records_what_an_uninterrupted_ru
     after = run_cli(root, *resume())  # nothing is left: one line says so
     assert after.returncode == 2 and "Traceback" not in after.stderr, failure_report(after)
 
-    assert not differences(records(root, "walk"), uninterrupted(tmp_path, SINGLE, "walk"))
+    assert not differences(records(root, "walk"), uninterrupted_single)

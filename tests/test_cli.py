@@ -42,6 +42,7 @@ def test_run_finishes_and_nothing_lands_in_the_launch_folder(finished_run):
     assert list(elsewhere.iterdir()) == []  # store and outputs live under the root
     assert (root / "mlruns" / "mlflow.db").is_file()
     assert run.info.run_id in proc.stdout + proc.stderr  # the summary names the run
+    assert "mlflow.parentRunId" not in run.data.tags and "sweep.dir" not in run.data.tags
 
 
 def test_params_hold_the_flattened_config_and_derived_values(finished_run):

@@ -278,6 +278,7 @@ def test_a_dataset_another_job_records_mid_insert_is_linked_not_fatal(tmp_path):
     assert our_input.dataset.digest == their_input.dataset.digest == "d" * 36
 
 
+@pytest.mark.new_store
 def test_runs_started_together_on_a_new_store_are_all_recorded(tmp_path):
     """Several terminals, one new project: MLflow creates the SQLite tables when the first
     client is made, and runs that start side by side must not each try to."""

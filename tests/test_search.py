@@ -258,6 +258,7 @@ def _open_all_at_once(url: str, processes: int = 4) -> list[str]:
     return answers
 
 
+@pytest.mark.new_store
 def test_processes_opening_a_new_sqlite_study_database_at_once_all_get_it(tmp_path):
     """Two searches (or a search and a reader) starting on one store: before the fix, all but
     one died on `table studies already exists` in almost every round."""

@@ -58,23 +58,6 @@ def test_grid_sweep_has_a_parent_with_summary_and_best_job(tmp_path):
     assert parent.data.metrics["best_test_accuracy"] == best.data.metrics["test_accuracy"]
 
 
-def test_single_run_has_no_parent(tmp_path):
-    proc = run_cli(tmp_path, *QUICK)
-    assert proc.returncode == 0, failure_report(proc)
-    client = client_for(tmp_path)
-    (run,) = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
-    assert "mlflow.parentRunId" not in run.data.tags
-
-
-def test_seed_sweep_reports_mean_and_spread(tmp_path):
-    proc = run_cli(tmp_path, "-m", *QUICK, "seed=0,1,2")
-    assert proc.returncode == 0, failure_report(proc)
-    _, parent, children = sweep_runs(tmp_path)
-    accuracies = [c.data.metrics["test_accuracy"] for c in children]
-    assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(statistics.mean(accuracies))
-    assert parent.data.metrics["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies))
-
-
 def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     proc = run_cli(tmp_path, "-m", *QUICK, "model.dropout=0.1,1.5,0.3")
     assert proc.returncode != 0  # the sweep says it failed, after recording everything
@@ -88,7 +71,9 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert parent.data.tags["best.run_id"] in {children[0].info.run_id, children[2].info.run_id}
 
 
-def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
+def test_parallel_jobs_share_the_cpus_lose_no_run_and_report_mean_and_spread(tmp_path):
+    """A seed sweep, 2 jobs at a time: every run recorded, each job's share of the cores, the
+    parent's mean and spread over the seeds, each line marked with its job."""
     proc = run_cli(
         tmp_path,
         "-m",
@@ -103,6 +88,9 @@ def test_parallel_jobs_share_the_cpus_and_lose_no_run(tmp_path):
     assert len(children) == 4
     assert all(c.info.status == "FINISHED" for c in children)
     assert parent.data.tags["sweep.launcher"] == "JoblibLauncher"
+    accuracies = [c.data.metrics["test_accuracy"] for c in children]
+    assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(statistics.mean(accuracies))
+    assert parent.data.metrics["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies))
     # 2 jobs at once on this machine's cores: each gets its share, at least one thread.
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert {c.data.params["derived.intra_op_threads"] for c in children} == {str(share)}

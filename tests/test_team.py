@@ -172,9 +172,10 @@ def test_a_server_away_past_the_bound_ends_the_run_for_resume(team, tmp_path, mo
     assert _epochs(team, run.info.run_id, monkeypatch) == list(range(1, 5))
 
 
-def test_sixteen_jobs_four_at_a_time_lose_nothing(team, tmp_path, monkeypatch):
-    """Load: a sweep of 16 jobs, 4 at a time, all recording into the server at once: every
-    run, param, epoch, artifact and model arrives (bench/load.py measures the latencies)."""
+def test_eight_jobs_four_at_a_time_lose_nothing(team, tmp_path, monkeypatch):
+    """Load: a sweep of 8 jobs, 4 at a time (each worker opens a second run while the others
+    still write), all recording into the server at once: every run, param, epoch, artifact and
+    model arrives (bench/load.py measures the latencies with 16)."""
     proc = run_cli(
         tmp_path,
         "-m",
@@ -182,7 +183,7 @@ def test_sixteen_jobs_four_at_a_time_lose_nothing(team, tmp_path, monkeypatch):
         "hydra.launcher.n_jobs=4",
         "dataset=digits",
         "trainer.epochs=1",
-        "seed=range(0,16)",
+        "seed=range(0,8)",
         f"tracking.uri={team.url}",
         "tracking.experiment=load",
         env=as_user(ALICE, ALICE_PASSWORD),
@@ -192,8 +193,8 @@ def test_sixteen_jobs_four_at_a_time_lose_nothing(team, tmp_path, monkeypatch):
     runs = runs_in(team, "load", monkeypatch)
     (parent,) = [r for r in runs if "sweep.dir" in r.data.tags]
     children = [r for r in runs if r is not parent]
-    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 16
-    assert len(children) == 16 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 8
+    assert len(children) == 8 and all(c.info.status == "FINISHED" for c in children)
     assert len({len(c.data.params) for c in children}) == 1  # the same params in each
     admin = client(team, ADMIN, ADMIN_PASSWORD, monkeypatch)
     expected = {"confusion_matrix.png", "classification_report.json", "config", "logs"}
