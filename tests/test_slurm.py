@@ -95,7 +95,9 @@ def _assert_continued(client, run, restarts: int, signal_name: str, log: str) ->
     assert run.info.status == "FINISHED"
     assert _steps(client, run) == [1, 2, 3]  # every epoch once
     tags = run.data.tags
-    assert tags["resumed_after_epoch"] == "2"
+    # the first attempt stopped after epoch 2; a later one (warned again) after epoch 2 or 3
+    assert f"resuming run {run.info.run_id} after epoch 2" in log, log
+    assert tags["resumed_after_epoch"] in {"2", "3"}
     assert int(tags["slurm.restart_count"]) >= restarts
     assert tags["slurm.node"] == "localhost"
     assert "stopped_by" not in tags
