@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from digitcnn.sweeps.records import SUPERSEDED
 from tests.conftest import Hold, client_for, failure_report, run_cli, start_cli
 
 # Each job: 3 quick epochs on the digits, one CPU; Slurm's node has two.
@@ -44,11 +45,16 @@ def _children(root: Path):
     client = client_for(root)
     runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    ours = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(ours) == len(runs) - 1
+    # An attempt that Slurm stopped before its first epoch (a loaded machine: its warning came
+    # first) has nothing to continue: it is closed KILLED and superseded, with no epoch.
+    superseded = [r for r in ours if r.data.tags.get(SUPERSEDED) == "true"]
+    for run in superseded:
+        assert run.info.status == "KILLED" and not _steps(client, run), run.data.tags
     children = sorted(
-        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
-        key=lambda r: int(r.data.tags["sweep.job"]),
+        (r for r in ours if r not in superseded), key=lambda r: int(r.data.tags["sweep.job"])
     )
-    assert len(children) == len(runs) - 1
     return client, parent, children
 
 
@@ -95,7 +101,7 @@ def _assert_continued(client, run, restarts: int, signal_name: str, log: str) ->
     assert run.info.status == "FINISHED"
     assert _steps(client, run) == [1, 2, 3]  # every epoch once
     tags = run.data.tags
-    # the first attempt stopped after epoch 2; a later one (warned again) after epoch 2 or 3
+    # the first attempt with an epoch stopped after epoch 2; a later one, warned again, after 2 or 3
     assert f"resuming run {run.info.run_id} after epoch 2" in log, log
     assert tags["resumed_after_epoch"] in {"2", "3"}
     assert int(tags["slurm.restart_count"]) >= restarts
@@ -104,8 +110,12 @@ def _assert_continued(client, run, restarts: int, signal_name: str, log: str) ->
     assert "test_accuracy" in run.data.metrics
     stopped = [line for line in log.splitlines() if line.startswith("stopped by ")]
     assert stopped and stopped[0].startswith(f"stopped by {signal_name}"), log
-    assert f"run {run.info.run_id} ended KILLED" in stopped[0]
-    assert all(f"run {run.info.run_id} ended " in line for line in stopped), log
+    # attempts stopped before their first epoch (superseded) name their own runs
+    ours = [line for line in stopped if f"run {run.info.run_id} ended " in line]
+    assert ours and f"run {run.info.run_id} ended KILLED" in ours[0], log
+    first = stopped.index(ours[0])
+    assert all(" ended KILLED" in line for line in stopped[:first]), log
+    assert all(f"run {run.info.run_id} ended " in line for line in stopped[first:]), log
     assert "Traceback" not in log
 
 
