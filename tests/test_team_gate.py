@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -265,3 +267,61 @@ def test_the_servers_records_cannot_be_touched_by_any_route_or_method(team):
     double = json.dumps(json.dumps({"experiment_id": experiment})).encode()
     status, answer = call(team, "POST", "/api/2.0/mlflow/runs/create", body=double)
     assert (status, answer["error_code"]) == (400, "MALFORMED_REQUEST"), answer
+
+
+def test_a_dataset_a_parallel_job_inserts_first_is_linked_through_the_gate(team, monkeypatch):
+    """Jobs of a sweep log the same dataset: MLflow looks it up, then inserts it, and on
+    PostgreSQL the second insert meets the unique key. The gate keeps the driver's words to
+    the server's log but still names a duplicate key, so the job links to the first record
+    (before: `BAD_REQUEST: the store refused this request`, the job FAILED, in one of eight
+    load-test jobs). Placed exactly: this test holds the first INSERT open until ours waits
+    on it in PostgreSQL, then commits."""
+    import mlflow
+    import numpy as np
+    import sqlalchemy
+
+    from digitcnn import tracking
+
+    alice = client(team, ALICE, ALICE_PASSWORD, monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team.url)
+    experiment = alice.create_experiment("alice.race")
+    run_id = alice.create_run(experiment).info.run_id
+    digest = "d" * 64
+    failures: list[BaseException] = []
+
+    def our_job_logs() -> None:
+        try:
+            with mlflow.start_run(run_id=run_id):
+                recorder = tracking.Recorder(alice, run_id, "")
+                recorder.log_dataset(np.zeros((4, 8, 8, 1)), np.arange(4), "digits", digest, "s")
+        except BaseException as exc:  # reported below, with its message
+            failures.append(exc)
+
+    engine = sqlalchemy.create_engine(team.store_uri)
+    waiting = sqlalchemy.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query LIKE 'INSERT INTO datasets%'"
+    )
+    with engine.connect() as first, engine.connect() as watcher:
+        first.execute(
+            sqlalchemy.text(
+                "INSERT INTO datasets (dataset_uuid, experiment_id, name, digest, "
+                "dataset_source_type, dataset_source) VALUES ('u1', :e, 'digits', :d, 'code', 's')"
+            ),
+            {"e": int(experiment), "d": digest[:36]},
+        )  # not committed: ours does not see it, and its INSERT waits on the key
+        ours = threading.Thread(target=our_job_logs)
+        ours.start()
+        deadline = time.monotonic() + 60
+        while not watcher.execute(waiting).scalar():
+            watcher.rollback()  # a fresh snapshot of pg_stat_activity
+            assert ours.is_alive() and time.monotonic() < deadline, failures
+            time.sleep(0.05)
+        first.commit()
+        ours.join(60)
+    engine.dispose()
+
+    assert not failures, failures
+    (linked,) = alice.get_run(run_id).inputs.dataset_inputs
+    assert linked.dataset.digest == digest[:36]
+    assert "UniqueViolation" in Path(team.log_file).read_text()  # the details stay there

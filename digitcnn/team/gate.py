@@ -40,8 +40,16 @@ MAX_JSON_BYTES = 32 * 1024 * 1024  # a writing request's JSON body (log-batch al
 FAILED = "the server failed this request (its store may be unavailable)"
 INVALID_HOST = "Invalid Host header - the server does not answer to this name"
 STORE_REFUSED = "the store refused this request (the server's log has the details)"
+# A unique key another request filled first (parallel jobs logging one dataset): the client
+# must know it to link to that record, so the answer says so, in words of its own.
+DUPLICATE_KEY = (
+    "a parallel request recorded the same thing first (duplicate key); "
+    "the server's log has the details"
+)
 # What only a database driver or SQLAlchemy writes: kept to the server's log.
 DRIVER_WORDS = ("psycopg", "sqlalchemy", "sqlite3", "(Background on this error", "[SQL:")
+# How PostgreSQL, SQLite and MySQL word a unique key's violation.
+DUPLICATE_WORDS = ("UniqueViolation", "duplicate key value", "UNIQUE constraint", "Duplicate entry")
 
 
 class Gate:
@@ -261,12 +269,14 @@ class _Answer:
 
 def _kept_to_log(status: int, body: bytes, headers: list) -> tuple[bytes, list]:
     """An error's body without what belongs in the server's log (500 and above: all of it;
-    below: a database driver's message)."""
+    below: a database driver's message), a unique key's violation still named as such."""
     text = body.decode(errors="replace")
     if status < 500 and not any(word in text for word in DRIVER_WORDS):
         return body, headers
     log.error("answered %d: %s", status, text[:2000])
     code, message = ("INTERNAL_ERROR", FAILED) if status >= 500 else ("BAD_REQUEST", STORE_REFUSED)
+    if any(word in text for word in DUPLICATE_WORDS):
+        message = DUPLICATE_KEY
     with contextlib.suppress(ValueError, AttributeError):  # MLflow's code, when it gave one
         code = json.loads(body).get("error_code") or code
     headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]

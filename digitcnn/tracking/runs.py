@@ -38,7 +38,8 @@ _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 def _is_duplicate_key(exc: Exception) -> bool:
     """A database's unique-key violation, as SQLite, PostgreSQL, MySQL and SQL Server word it
-    (MLflow passes the driver's message on, through a tracking server too)."""
+    (MLflow passes the driver's message on, a plain tracking server too) or as the team
+    server's gate does (digitcnn.team.gate.DUPLICATE_KEY: it keeps the driver's words)."""
     message = str(exc).lower()
     return "unique constraint" in message or "duplicate" in message
 
