@@ -73,7 +73,8 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_parallel_jobs_share_the_cpus_lose_no_run_and_report_mean_and_spread(tmp_path):
     """A seed sweep, 2 jobs at a time: every run recorded, each job's share of the cores, the
-    parent's mean and spread over the seeds, each line marked with its job."""
+    parent's mean and spread over the seeds, each line marked with its job (MLflow's own
+    lines when a job registers its model too)."""
     proc = run_cli(
         tmp_path,
         "-m",
@@ -81,6 +82,7 @@ def test_parallel_jobs_share_the_cpus_lose_no_run_and_report_mean_and_spread(tmp
         "hydra.launcher.n_jobs=2",
         *QUICK,
         "seed=0,1,2,3",
+        "tracking.register_as=digits",
     )
     assert proc.returncode == 0, failure_report(proc)
     assert "database is locked" not in proc.stderr
@@ -98,6 +100,8 @@ def test_parallel_jobs_share_the_cpus_lose_no_run_and_report_mean_and_spread(tmp
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("|")]
     jobs = [ln for ln in lines if re.match(r"\[job [0-3]\] ", ln)]
     assert len({ln[:8] for ln in jobs}) == 4 and any(" epoch 1/" in ln for ln in jobs), lines
+    registered = sorted(ln.rsplit(" ", 1)[1] for ln in jobs if "registered as digits" in ln)
+    assert registered == ["1", "2", "3", "4"], lines
     unmarked = [ln for ln in lines if ln not in jobs and not ln.startswith("sweep     ")]
     assert not unmarked, unmarked
 

@@ -25,6 +25,7 @@ from mlflow.utils import requirements_utils
 
 from digitcnn.core.errors import InputError, TrackingUnavailable
 from digitcnn.core.stops import held
+from digitcnn.tracking import mlflow_output
 from digitcnn.tracking.files import write_files
 from digitcnn.tracking.ledger import mark_done, read_intent
 from digitcnn.tracking.store import Store, refusal
@@ -366,7 +367,7 @@ class Recorder:
             return
         if self._package_scan is not None:
             self._package_scan.join()
-        self._call(
+        info = self._call(
             mlflow.models.Model.log,
             artifact_path=None,
             name="model",
@@ -380,8 +381,9 @@ class Recorder:
             input_example=example,
             code_paths=[str(paths.PACKAGE_DIR)],  # loads without digitcnn installed
             pip_requirements=requirements,  # pinned here: inferring them costs seconds
-            registered_model_name=register_as,
         )
+        if register_as:
+            self._register_once(info.model_id, register_as)
         if done is not None:
             mark_done(done, self.run_id)
 
@@ -404,12 +406,18 @@ class Recorder:
         return ready
 
     def _register_once(self, model_id: str, name: str) -> None:
-        """Model `model_id` as a version of registered model `name`, unless it is one."""
+        """Model `model_id` as a version of registered model `name`, unless it is one; said
+        in one line of digitcnn's (MLflow's own lines would reach a sweep's console bare)."""
         versions = self._call(
             self.client.search_model_versions, f"name = '{name}' and run_id = '{self.run_id}'"
         )
-        if not any(getattr(v, "model_id", model_id) == model_id for v in versions):
-            self._call(mlflow.register_model, f"models:/{model_id}", name)
+        ours = [v for v in versions if getattr(v, "model_id", model_id) == model_id]
+        if ours:
+            log.info("model     %s version %s (registered before the stop)", name, ours[0].version)
+            return
+        with mlflow_output.through_log():
+            version = self._call(mlflow.register_model, f"models:/{model_id}", name)
+        log.info("model     registered as %s version %s", name, version.version)
 
 
 def _file_sizes(folder: Path) -> dict[Path, int]:
