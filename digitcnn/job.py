@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from digitcnn.core import faults, stops
-from digitcnn.core.config import Config, to_typed
+from digitcnn.core.config import Config, job_overrides, to_typed
 from digitcnn.core.disk import write_text_whole
 from digitcnn.core.extras import runs_jobs_elsewhere
 from digitcnn.core.runtime import import_keras_quietly
@@ -80,7 +80,7 @@ def _job(source: JobSource, typed: Config, recording, timings: Timings, held: Ex
     from digitcnn.tracking.ended_early import Explained
     from digitcnn.training.backends import as_run_here, thread_share
 
-    overrides = job_record.job_overrides(hydra_cfg)
+    overrides = job_overrides(hydra_cfg)
     typed, tuning = as_run_here(typed)
     _log_opening(typed, tuning)
     with timings.measure("mlflow_preflight_seconds"):  # the wait for it, when separate
@@ -389,7 +389,6 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     from digitcnn.sweeps import records
     from digitcnn.sweeps.sweep_folder import parent_run_id
     from digitcnn.tracking.describe import redact
-    from digitcnn.tracking.job_record import job_overrides
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:

@@ -181,6 +181,12 @@ def job_prefix(mode: object, number: object) -> str:
     return f"[job {number}] " if str(mode).endswith("MULTIRUN") else ""
 
 
+def job_overrides(hydra_cfg: DictConfig) -> list[str]:
+    """What the job was asked to change: its overrides less `resume=`, which says how it was
+    run, not what (a job keeps its name and record however often its sweep is resumed)."""
+    return [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
+
+
 def help_groups(config_name: str) -> str:
     """`--help`'s list of groups and options (digitcnn.core.help), for conf/hydra/help/."""
     from digitcnn.core.help import groups_text

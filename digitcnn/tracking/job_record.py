@@ -32,12 +32,6 @@ from digitcnn.training.batching import steps_per_epoch
 log = logging.getLogger("digitcnn")
 
 
-def job_overrides(hydra_cfg: DictConfig) -> list[str]:
-    """What the job was asked to change: its overrides less `resume=`, which says how it was
-    run, not what (a job keeps its name and record however often its sweep is resumed)."""
-    return [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
-
-
 def run_name(typed: Config, overrides: list[str]) -> str:
     """`tracking.run_name`, else the overrides that say what this run changed."""
     if typed.tracking.run_name:
