@@ -38,6 +38,23 @@ def test_blocks_stack_several_convolutions_before_pooling():
     assert model.get_layer("flatten").output.shape[1:] == (7 * 7 * 32,)
 
 
+def test_pool_first_pools_each_blocks_last_convolution_before_its_norm():
+    """`model.pool_first`: the last conv of a block is pooled, then normalised and rectified
+    on a quarter of the values; the model's output is the same shape, an 8x8 input that runs
+    out of pixels is not pooled at all."""
+    from digitcnn.models.families import build_cnn
+
+    cfg = CNNConfig(filters=[12, 32], padding="valid", convs_per_block=2, pool_first=True)
+    model = build_cnn(cfg, (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers[1:]]
+    first = ["Conv2D", "BatchNormalization", "ReLU"]
+    last = ["Conv2D", "MaxPooling2D", "BatchNormalization", "ReLU", "Dropout"]
+    assert kinds == [*first, *last, *first, *last, "Flatten", "Dense", "Dense"]
+    assert model.get_layer("bn1_2").output.shape[1:] == (10, 10, 12)
+    small = build_cnn(CNNConfig(filters=[8, 8, 8, 8], pool_first=True), (8, 8, 1), 10)
+    assert sum(type(layer).__name__ == "MaxPooling2D" for layer in small.layers) == 3
+
+
 def _centre_of_mass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = np.mgrid[: images.shape[1], : images.shape[2]]
     mass = images[..., 0].sum(axis=(1, 2))

@@ -137,6 +137,7 @@ class CNNConfig(ModelConfig):
     padding: str = "same"  # same | valid
     dense_units: int = 128
     dense_dropout: float = 0.0  # after the hidden dense layer
+    pool_first: bool = False  # pool each block's last conv before its BatchNorm and ReLU
 
     def __post_init__(self) -> None:
         super().__post_init__()

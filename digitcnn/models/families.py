@@ -50,18 +50,23 @@ def _probabilities(x, num_classes: int):
 def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """Per entry of `cfg.filters`: (Conv2D -> BatchNorm -> ReLU) x `convs_per_block` -> MaxPool
     -> Dropout; then Flatten -> Dense -> ReLU (-> Dropout) -> Dense softmax, as the reference
-    script."""
+    script. `cfg.pool_first`: each block's last Conv2D is pooled before its BatchNorm and ReLU,
+    which then work on a quarter of the values (ReLU commutes with max-pooling; BatchNorm's
+    statistics become those of the pooled values)."""
     inputs, x = _inputs(cfg, input_shape)
     for i, filters in enumerate(cfg.filters, start=1):
+        pooled = False
         for j in range(1, cfg.convs_per_block + 1):
             name = f"{i}" if cfg.convs_per_block == 1 else f"{i}_{j}"  # conv1, or conv1_1 ...
             # No bias: the BatchNorm right after it has its own shift.
             x = layers.Conv2D(
                 filters, cfg.kernel_size, padding=cfg.padding, use_bias=False, name=f"conv{name}"
             )(x)
+            if cfg.pool_first and j == cfg.convs_per_block and _poolable(x):
+                x, pooled = layers.MaxPooling2D(name=f"pool{i}")(x), True
             x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{name}")(x)
             x = layers.ReLU(name=f"relu{name}")(x)
-        if min(x.shape[1:3]) >= 2:  # 8x8 inputs run out of pixels before 28x28 ones do
+        if not pooled and _poolable(x):
             x = layers.MaxPooling2D(name=f"pool{i}")(x)
         x = layers.Dropout(cfg.dropout, name=f"dropout{i}")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -69,6 +74,10 @@ def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int) ->
     if cfg.dense_dropout > 0:
         x = layers.Dropout(cfg.dense_dropout, name="dense_dropout")(x)
     return keras.Model(inputs, _probabilities(x, num_classes), name="cnn")
+
+
+def _poolable(x) -> bool:
+    return min(x.shape[1:3]) >= 2  # 8x8 inputs run out of pixels before 28x28 ones do
 
 
 def build_mlp(cfg: MLPConfig, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
