@@ -83,16 +83,53 @@ def test_augmentation_warps_in_training_only_within_its_limits():
     assert 0.78 <= area.min() < 0.95 and 1.05 < area.max() <= 1.25
 
 
+def test_elastic_distortion_samples_once_where_the_affine_map_and_a_smooth_field_point():
+    """The sampler the elastic warp uses is Keras's bilinear affine_transform on an affine map;
+    the distortion moves pixels smoothly (neighbours move alike), by about a pixel and a half
+    at Simard's strength, and keeps a digit's ink; inference is untouched."""
+    from keras import ops
+
+    from digitcnn.models.augment import RandomAffine, bilinear
+
+    rng = np.random.default_rng(0)
+    images = rng.random((16, 28, 28, 1), np.float32)
+    angle, centre = rng.uniform(-0.2, 0.2, 16).astype(np.float32), 13.5
+    cos, sin = np.cos(angle), np.sin(angle)
+    a2, b2 = centre - cos * centre + sin * centre - 1.3, centre - sin * centre - cos * centre
+    zeros = np.zeros_like(cos)
+    keras_warp = ops.image.affine_transform(
+        images, np.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], 1), fill_value=0
+    )
+    ys, xs = np.mgrid[:28, :28].astype(np.float32)
+    source_x = cos[:, None, None] * xs - sin[:, None, None] * ys + a2[:, None, None]
+    source_y = sin[:, None, None] * xs + cos[:, None, None] * ys + b2[:, None, None]
+    assert np.allclose(bilinear(images, source_x, source_y), keras_warp, atol=1e-5)
+
+    layer = RandomAffine(elastic=34, elastic_sigma=4, seed=1)
+    field = np.asarray(layer._displacement(16, 28, 28))
+    assert 0.8 < field.std() < 2.5  # pixels
+    assert np.abs(np.diff(field, axis=2)).mean() < 0.25 * np.abs(field).mean()  # smooth
+    bars = np.zeros((16, 28, 28, 1), np.float32)
+    bars[:, 8:20, 12:16] = 1.0
+    warped = np.asarray(layer(bars, training=True))
+    assert not np.allclose(warped, bars)
+    assert warped.sum() == pytest.approx(bars.sum(), rel=0.25)  # moved and stretched, not lost
+    assert np.array_equal(layer(bars, training=False), bars)
+
+
 def test_augmented_model_saves_and_loads(tmp_path):
     import keras
 
     from digitcnn.models.families import build_cnn
 
-    cfg = CNNConfig(filters=[8], augment_rotation=10, augment_shift=0.1, augment_zoom=0.1)
+    cfg = CNNConfig(
+        filters=[8], augment_rotation=10, augment_shift=0.1, augment_zoom=0.1, augment_elastic=34
+    )
     model = build_cnn(cfg, (28, 28, 1), 10)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.get_layer("augmentation").get_config()["rotation"] == 10
+    assert loaded.get_layer("augmentation").get_config()["elastic"] == 34
     x = np.random.default_rng(0).random((2, 28, 28, 1), np.float32)
     assert np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 

@@ -114,9 +114,15 @@ class ModelConfig(_Checked):
     augment_rotation: float = 0.0  # training only: random rotation up to ± this many degrees
     augment_shift: float = 0.0  # random shift up to ± this fraction of height and width
     augment_zoom: float = 0.0  # random zoom in or out up to this fraction
+    augment_elastic: float = 0.0  # elastic distortion's strength (pixels; Simard's: 34 for 28x28)
+    augment_elastic_sigma: float = 4.0  # its smoothness: the Gaussian's sigma, in pixels
 
     def __post_init__(self) -> None:
         self._require("bn_momentum", 0.0 <= self.bn_momentum < 1.0, "a value in [0, 1)")
+        self._require("augment_elastic", 0.0 <= self.augment_elastic <= 100, "0 to 100 pixels")
+        self._require(
+            "augment_elastic_sigma", 0.5 <= self.augment_elastic_sigma <= 10, "0.5 to 10 pixels"
+        )
         self._require("augment_rotation", 0.0 <= self.augment_rotation <= 180, "0 to 180 degrees")
         for name in ("augment_shift", "augment_zoom"):
             self._require(name, 0.0 <= getattr(self, name) < 1.0, "a fraction in [0, 1)")

@@ -35,9 +35,14 @@ def _inputs(cfg: ModelConfig, input_shape: tuple[int, ...]):
     """The image input, and the training-time warp when the config asks for one."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
-    if cfg.augment_rotation or cfg.augment_zoom or cfg.augment_shift:  # training only
-        x = RandomAffine(
-            cfg.augment_rotation, cfg.augment_zoom, cfg.augment_shift, name="augmentation"
+    if cfg.augment_rotation or cfg.augment_zoom or cfg.augment_shift or cfg.augment_elastic:
+        x = RandomAffine(  # training only
+            cfg.augment_rotation,
+            cfg.augment_zoom,
+            cfg.augment_shift,
+            elastic=cfg.augment_elastic,
+            elastic_sigma=cfg.augment_elastic_sigma,
+            name="augmentation",
         )(x)
     return inputs, x
 
