@@ -70,6 +70,24 @@ def test_flop_count_of_the_reference_model():
     )
 
 
+def test_bench_memory_finds_each_process_of_a_tree_and_its_peak(tmp_path):
+    """bench/memory.py's sampling, on a parent holding 150 MiB while its child holds 80."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory", REPO / "bench" / "memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    child = "import time; held = b'x' * (80 << 20); time.sleep(1.5)"
+    parent = (
+        "import subprocess, sys; held = b'x' * (150 << 20); "
+        f"subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    )
+    found = memory.measure([sys.executable, "-c", parent], cli_env(tmp_path))
+    peaks = sorted(p["peak_rss_mib"] for p in found["processes"])
+    assert len(peaks) == 2 and 150 < peaks[1] < 200 and 80 < peaks[0] < 130, found
+    assert 230 < found["tree_pss_mib"] <= found["tree_rss_mib"], found
+
+
 def test_bench_augment_compares_one_warp_with_the_keras_chain(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "augment.py"), "--digits", "--repeats", "1"],
