@@ -33,3 +33,11 @@ class RecorderGone(InputError):
 class DiskFull(InputError):
     """A disk the run writes to (its folder, the store, the temporary folder) is full; the
     message says where, what was kept and how to go on."""
+
+
+def is_duplicate_key(text: str) -> bool:
+    """Whether an error's text is a database's unique-key violation, as SQLite, PostgreSQL,
+    MySQL and SQL Server word it, or as the team server's gate names it
+    (digitcnn.team.gate.DUPLICATE_KEY)."""
+    text = text.lower()
+    return "unique constraint" in text or "duplicate" in text

@@ -30,6 +30,7 @@ import urllib.parse
 
 from anyio import to_thread
 
+from digitcnn.core.errors import is_duplicate_key
 from digitcnn.team import rules
 from digitcnn.team.creators import Creators
 from digitcnn.team.passwords import Passwords, Throttle
@@ -48,8 +49,6 @@ DUPLICATE_KEY = (
 )
 # What only a database driver or SQLAlchemy writes: kept to the server's log.
 DRIVER_WORDS = ("psycopg", "sqlalchemy", "sqlite3", "(Background on this error", "[SQL:")
-# How PostgreSQL, SQLite and MySQL word a unique key's violation.
-DUPLICATE_WORDS = ("UniqueViolation", "duplicate key value", "UNIQUE constraint", "Duplicate entry")
 
 
 class Gate:
@@ -275,7 +274,7 @@ def _kept_to_log(status: int, body: bytes, headers: list) -> tuple[bytes, list]:
         return body, headers
     log.error("answered %d: %s", status, text[:2000])
     code, message = ("INTERNAL_ERROR", FAILED) if status >= 500 else ("BAD_REQUEST", STORE_REFUSED)
-    if any(word in text for word in DUPLICATE_WORDS):
+    if is_duplicate_key(text):
         message = DUPLICATE_KEY
     with contextlib.suppress(ValueError, AttributeError):  # MLflow's code, when it gave one
         code = json.loads(body).get("error_code") or code

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 
-from digitcnn.core.errors import InputError, TrackingUnavailable
+from digitcnn.core.errors import InputError, TrackingUnavailable, is_duplicate_key
 from digitcnn.core.stops import held
 from digitcnn.tracking import mlflow_output
 from digitcnn.tracking.files import write_files
@@ -35,14 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
-
-
-def _is_duplicate_key(exc: Exception) -> bool:
-    """A database's unique-key violation, as SQLite, PostgreSQL, MySQL and SQL Server word it
-    (MLflow passes the driver's message on, a plain tracking server too) or as the team
-    server's gate does (digitcnn.team.gate.DUPLICATE_KEY: it keeps the driver's words)."""
-    message = str(exc).lower()
-    return "unique constraint" in message or "duplicate" in message
 
 
 _UNREACHABLE = re.compile(
@@ -278,7 +270,7 @@ class Recorder:
             # Parallel jobs log the same dataset: MLflow looks it up, then inserts it, so a
             # job that lost the race hits the unique key. Its transaction was rolled back;
             # the second look-up finds the winner's record and links to it.
-            if not _is_duplicate_key(exc):
+            if not is_duplicate_key(str(exc)):
                 raise
             log.debug("dataset %s was recorded by a parallel job; linking again", name)
             self._call(mlflow.log_input, dataset, context="training")
