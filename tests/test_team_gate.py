@@ -283,7 +283,7 @@ def test_a_dataset_a_parallel_job_inserts_first_is_linked_through_the_gate(team,
     from digitcnn import tracking
 
     alice = client(team, ALICE, ALICE_PASSWORD, monkeypatch)
-    mlflow.set_tracking_uri(team.url)  # process-wide: an earlier test in this worker may have set it
+    mlflow.set_tracking_uri(team.url)  # process-wide: an earlier test may have set another
     experiment = alice.create_experiment("alice.race")
     run_id = alice.create_run(experiment).info.run_id
     digest = "d" * 64
