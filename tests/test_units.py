@@ -521,3 +521,60 @@ def test_a_wrong_password_costs_one_slow_hash_whether_or_not_the_user_exists(mon
     users.accounts["alice"] = Account("alice", "new")
     assert passwords.check("alice", "right") is None  # the old one, at once
     assert passwords.check("alice", "new").username == "alice"
+
+
+def test_a_weight_average_is_what_each_epoch_validates_and_the_run_keeps(tmp_path):
+    """optimizer.ema_momentum (here with trainer.label_smoothing): the last validation (the
+    test set's, with val_size=0) is the final model's answer, which is not the trained
+    weights' (the same seed without an average trains the same weights). A checkpoint holds
+    the average and the trained weights: a resumed fit trains on from the latter, as the
+    uninterrupted one did."""
+    import keras
+
+    from digitcnn.core.config_groups import DigitsConfig, TrainerConfig
+    from digitcnn.data import load_dataset
+    from digitcnn.models.families import build_cnn
+    from digitcnn.training.batching import predict_probabilities
+    from digitcnn.training.fit import train
+
+    data = load_dataset(DigitsConfig(val_size=0), seed=0)
+    weights = {}
+    for momentum in (0.0, 0.9):
+        keras.utils.set_random_seed(0)
+        model = build_cnn(CNNConfig(dropout=0.0), data.input_shape, data.num_classes)
+        trainer = TrainerConfig(epochs=2, label_smoothing=0.1)
+        result = train(model, data, AdamConfig(ema_momentum=momentum), trainer)
+        assert model.loss.get_config()["label_smoothing"] == 0.1
+        np.testing.assert_allclose(
+            result.validation_probabilities, predict_probabilities(model, data.x_test), atol=1e-6
+        )
+        weights[momentum] = [np.asarray(w) for w in model.trainable_weights]
+    assert not all(np.allclose(a, b) for a, b in zip(*weights.values(), strict=True))
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.validated = [np.asarray(w) for w in self.model.trainable_weights]
+            self.model.save(tmp_path / "checkpoint.keras")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.trained = [np.asarray(w) for w in self.model.trainable_weights]
+                raise KeyboardInterrupt
+
+    class FirstWeights(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.trained = [np.asarray(w) for w in self.model.trainable_weights]
+
+    keras.utils.set_random_seed(0)
+    model = build_cnn(CNNConfig(), data.input_shape, data.num_classes)
+    first = StopAfterFirstEpoch()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, data, AdamConfig(ema_momentum=0.9), TrainerConfig(epochs=2), [first])
+    resumed = keras.saving.load_model(tmp_path / "checkpoint.keras")
+    for saved, validated in zip(resumed.trainable_weights, first.validated, strict=True):
+        np.testing.assert_array_equal(np.asarray(saved), validated)
+    again = FirstWeights()
+    train(resumed, data, AdamConfig(), TrainerConfig(epochs=2), [again], initial_epoch=1)
+    for trained, before in zip(again.trained, first.trained, strict=True):
+        np.testing.assert_array_equal(trained, before)
+    assert not all(np.allclose(a, b) for a, b in zip(first.trained, first.validated, strict=True))

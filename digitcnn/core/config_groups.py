@@ -191,12 +191,18 @@ class OptimizerConfig(_Checked):
     schedule: str = "constant"  # constant | cosine (decays to lr * final_lr_fraction)
     warmup_epochs: float = 0.0  # linear warm-up from 0, before the schedule
     final_lr_fraction: float = 0.0  # cosine: where the decay ends, as a fraction of lr
+    # An exponential moving average of the weights, updated at every step with this momentum,
+    # is what each epoch validates and the run keeps (digitcnn.training.averaging); 0: none.
+    ema_momentum: float = 0.0
 
     def __post_init__(self) -> None:
         self._require("lr", self.lr > 0, "a positive number")
         self._require_choice("schedule", ("constant", "cosine"))
         self._require("warmup_epochs", self.warmup_epochs >= 0, "0 or more")
         self._require("final_lr_fraction", 0.0 <= self.final_lr_fraction <= 1.0, "0 to 1")
+        self._require(
+            "ema_momentum", 0.0 <= self.ema_momentum < 1.0, "0 (no average) or a value in (0, 1)"
+        )
 
 
 @dataclass
@@ -252,6 +258,9 @@ class TrainerConfig(_Checked):
     # Before each validation and the test: BatchNorm statistics recomputed from this many
     # training batches; 0 keeps Keras's moving averages.
     bn_recalibration_batches: int = 32
+    # Training targets (1 - s) x one-hot + s / classes, Keras's label smoothing; the
+    # validation and test losses stay against the true labels
+    label_smoothing: float = 0.0
     # The backend and device (e.g. tensorflow-cpu) the speed settings above were measured on;
     # elsewhere steps_per_execution, threads, precision and jit_compile are the backend's own.
     tuned_for: str | None = None
@@ -275,6 +284,7 @@ class TrainerConfig(_Checked):
         for name in ("intra_op_threads", "inter_op_threads"):
             self._require(name, getattr(self, name) >= 0, "0 (automatic) or a positive integer")
         self._require_choice("precision", PRECISIONS)
+        self._require("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "a value in [0, 1)")
 
 
 # --- tracking and paths --------------------------------------------------------------------

@@ -62,13 +62,15 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> Wa
 
 def build_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> keras.Optimizer:
     lr = learning_rate(cfg, steps_per_epoch, epochs)
+    # The weights' moving average (digitcnn.training.averaging), kept by the optimizer
+    average = {"use_ema": cfg.ema_momentum > 0, "ema_momentum": cfg.ema_momentum or 0.99}
     match cfg:
         case AdamWConfig():
             return keras.optimizers.AdamW(
-                lr, weight_decay=cfg.weight_decay, beta_1=cfg.beta_1, beta_2=cfg.beta_2
+                lr, weight_decay=cfg.weight_decay, beta_1=cfg.beta_1, beta_2=cfg.beta_2, **average
             )
         case AdamConfig():
-            return keras.optimizers.Adam(lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2)
+            return keras.optimizers.Adam(lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2, **average)
         case SGDConfig():
-            return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+            return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **average)
     raise TypeError(f"no optimizer for config type {type(cfg).__name__}")

@@ -22,6 +22,7 @@ from digitcnn.core.errors import ConfigValueError
 from digitcnn.core.runtime import native_stderr_hidden
 from digitcnn.data import Dataset
 from digitcnn.models.optimizers import build_optimizer
+from digitcnn.training.averaging import averaged_weights
 from digitcnn.training.backends import resolved_jit
 from digitcnn.training.batching import training_batches
 from digitcnn.training.batchnorm import RecalibratedValidation
@@ -214,7 +215,7 @@ def train(
     if initial_epoch == 0:
         model.compile(
             optimizer=build_optimizer(optimizer_cfg, steps_per_epoch, cfg.epochs),
-            loss=keras.losses.CategoricalCrossentropy(),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
             metrics=["accuracy"],
             steps_per_execution=cfg.steps_per_execution,
             jit_compile=resolved_jit(cfg.jit_compile),
@@ -236,7 +237,13 @@ def train(
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
             verbose=1 if cfg.progress_bar else 0,
-            callbacks=[stop, validation, EpochStats(cfg.epochs, len(data.x_train)), *callbacks],
+            callbacks=[
+                stop,
+                *averaged_weights(model, resumed=initial_epoch > 0),
+                validation,
+                EpochStats(cfg.epochs, len(data.x_train)),
+                *callbacks,
+            ],
         )
     seconds = time.perf_counter() - started
     return TrainResult(
