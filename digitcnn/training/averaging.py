@@ -7,7 +7,9 @@ epoch validates (after BatchNorm's statistics are recomputed for it), what its c
 saves and what the run tests and logs at the end are one model; the next epoch swaps the
 trained weights back in and goes on training them. A checkpoint therefore holds the average as
 the model's weights and the trained weights in the optimizer's slots: a resumed fit starts by
-swapping them back, and trains on exactly as the uninterrupted one would have.
+swapping them back, and trains on exactly as the uninterrupted one would have. The last
+epoch's checkpoint is the exception: Keras makes both sets the average there, so a finished
+run extended with more epochs (`resume=… trainer.epochs=N`) trains on from its average.
 """
 
 from __future__ import annotations
