@@ -578,3 +578,27 @@ def test_a_weight_average_is_what_each_epoch_validates_and_the_run_keeps(tmp_pat
     for trained, before in zip(again.trained, first.trained, strict=True):
         np.testing.assert_array_equal(trained, before)
     assert not all(np.allclose(a, b) for a, b in zip(first.trained, first.validated, strict=True))
+
+
+def test_a_fit_stopped_early_keeps_the_weight_average_its_last_epoch_validated():
+    """A pruned trial (or debug's stop) ends `fit` early; Keras then puts the optimizer's
+    slots, the trained weights at that point, into the model: the average goes back."""
+    import keras
+
+    from digitcnn.core.config_groups import DigitsConfig, TrainerConfig
+    from digitcnn.data import load_dataset
+    from digitcnn.models.families import build_cnn
+    from digitcnn.training.fit import train
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.validated = [np.asarray(w) for w in self.model.trainable_weights]
+            self.model.stop_training = True
+
+    data = load_dataset(DigitsConfig(), seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_cnn(CNNConfig(), data.input_shape, data.num_classes)
+    stopper = StopAfterFirstEpoch()
+    train(model, data, AdamConfig(ema_momentum=0.9), TrainerConfig(epochs=3), [stopper])
+    for kept, validated in zip(model.trainable_weights, stopper.validated, strict=True):
+        np.testing.assert_array_equal(np.asarray(kept), validated)
