@@ -590,7 +590,7 @@ def test_a_fit_stopped_early_keeps_the_weight_average_its_last_epoch_validated()
     from digitcnn.models.families import build_cnn
     from digitcnn.training.fit import train
 
-    class StopAfterFirstEpoch(keras.callbacks.Callback):
+    class PrunedAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             self.validated = [np.asarray(w) for w in self.model.trainable_weights]
             self.model.stop_training = True
@@ -598,7 +598,7 @@ def test_a_fit_stopped_early_keeps_the_weight_average_its_last_epoch_validated()
     data = load_dataset(DigitsConfig(), seed=0)
     keras.utils.set_random_seed(0)
     model = build_cnn(CNNConfig(), data.input_shape, data.num_classes)
-    stopper = StopAfterFirstEpoch()
+    stopper = PrunedAfterFirstEpoch()
     train(model, data, AdamConfig(ema_momentum=0.9), TrainerConfig(epochs=3), [stopper])
     for kept, validated in zip(model.trainable_weights, stopper.validated, strict=True):
         np.testing.assert_array_equal(np.asarray(kept), validated)

@@ -63,7 +63,7 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> Wa
 def build_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> keras.Optimizer:
     lr = learning_rate(cfg, steps_per_epoch, epochs)
     # The weights' moving average (digitcnn.training.averaging), kept by the optimizer
-    average = {"use_ema": cfg.ema_momentum > 0, "ema_momentum": cfg.ema_momentum or 0.99}
+    average = {"use_ema": cfg.ema_momentum > 0, "ema_momentum": cfg.ema_momentum}
     match cfg:
         case AdamWConfig():
             return keras.optimizers.AdamW(
