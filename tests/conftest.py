@@ -8,6 +8,7 @@ session the real home's Keras, MLflow and digitcnn folders are checked to be as 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -43,6 +44,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from digitcnn.core import paths  # noqa: E402
 from digitcnn.core.config import register_configs  # noqa: E402
 from digitcnn.tracking.recording import SERVICE as RECORDER_SERVICE  # noqa: E402
+from tests.warm_cli import WarmInterpreter, WarmProcess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ON_LINUX = sys.platform.startswith("linux")
@@ -168,16 +170,63 @@ def run_cli(
     cwd: Path | None = None,
     timeout: int = 300,
     env: dict[str, str] | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`python -m digitcnn.run ARGS` with its store under `root` (`env`: added variables)."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd or root,
-        env=cli_env(root) | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    """`python -m digitcnn.run ARGS` with its store under `root` (`env`: added variables;
+    `fresh`: in a new interpreter, not forked from the warm one: tests/warm_cli.py)."""
+    if not _warm_allowed(args, env or {}, fresh):
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd or root,
+            env=cli_env(root) | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    env = cli_env(root) | (env or {})
+    proc = WarmProcess(_warm(), module, list(args), cwd or root, env, merged=False)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+# What only a new interpreter shows: the cold start's imports and what they print, a backend
+# other than the warm one's TensorFlow, imports a test changes (tests/warm_cli.py).
+_COLD_START_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "KERAS_BACKEND", "DIGITCNN_VERBOSE_IMPORT")
+FRESH_ENV = "DIGITCNN_TEST_FRESH_INTERPRETER"
+_warm_interpreter: WarmInterpreter | None = None
+
+
+def _warm_allowed(args: tuple[str, ...], added_env: dict[str, str], fresh: bool) -> bool:
+    """Whether a command can be forked from the warm interpreter (`added_env`: the variables
+    the test adds to the suite's)."""
+    return not (
+        fresh
+        or not ON_LINUX
+        or os.environ.get(FRESH_ENV) == "1"
+        or any(name in _COLD_START_ENV or name.startswith("TF_") for name in added_env)
+        or any(a.startswith("backend=") and a != "backend=tensorflow" for a in args)
     )
+
+
+def _warm() -> WarmInterpreter:
+    """This test process's warm interpreter, started on first use, closed at its end."""
+    global _warm_interpreter
+    if _warm_interpreter is None:
+        folder = Path(tempfile.mkdtemp(prefix="digitcnn-warm-"))  # short: a socket's path
+        _warm_interpreter = WarmInterpreter(folder, dict(os.environ))
+        atexit.register(_warm_interpreter.close)
+    return _warm_interpreter
+
+
+@pytest.fixture(autouse=True)
+def _fresh_interpreter_when_marked(request, monkeypatch) -> None:
+    if request.node.get_closest_marker("fresh_interpreter"):
+        monkeypatch.setenv(FRESH_ENV, "1")
 
 
 def failure_report(proc: subprocess.CompletedProcess) -> str:
@@ -257,14 +306,22 @@ def only_run(root: Path, experiment: str):
 
 
 def start_cli(
-    root: Path, *args: str, env: dict[str, str] | None = None, own_group: bool = False
-) -> subprocess.Popen:
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    own_group: bool = False,
+    fresh: bool = False,
+) -> subprocess.Popen | WarmProcess:
     """`python -m digitcnn.run ARGS` started in the background, its output in one pipe;
-    `own_group`: in a process group of its own (signals sent to the group reach only it)."""
+    `own_group`: in a process group of its own (signals sent to the group reach only it);
+    `fresh`: in a new interpreter, not forked from the warm one (tests/warm_cli.py)."""
+    added_env, env = env or {}, cli_env(root) | (env or {})
+    if _warm_allowed(args, added_env, fresh):
+        return WarmProcess(_warm(), "digitcnn.run", list(args), root, env, True, own_group)
     return subprocess.Popen(
         [sys.executable, "-m", "digitcnn.run", *args],
         cwd=root,
-        env=cli_env(root) | (env or {}),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -16,6 +16,9 @@ from digitcnn.data import mnist as mnist_source
 from digitcnn.training import backends
 from tests.conftest import client_for, failure_report, run_cli, runs_of
 
+# JAX and torch runs, and resumes that choose their backend from the run: new interpreters.
+pytestmark = pytest.mark.fresh_interpreter
+
 TUNED = TrainerConfig(
     steps_per_execution=16,
     intra_op_threads=2,

@@ -29,6 +29,7 @@ def finished_run(tmp_path_factory):
         "model.dropout=0.3",
         "tracking.experiment=e2e",
         cwd=elsewhere,
+        fresh=True,  # a cold start, whose imports' notices the console test looks for
     )
     assert proc.returncode == 0, failure_report(proc)
     client = client_for(root)
@@ -281,6 +282,7 @@ def test_each_model_family_trains_and_is_recorded_with_its_own_keys(tmp_path, fa
         ("digitcnn.evaluate", ["model=runs:/RUN_ID/model", "dataset ", "mnist*", "trust="]),
     ],
 )  # fmt: skip
+@pytest.mark.new_store  # nothing written: not even the store a first run would make
 def test_help_lists_what_a_user_chooses_and_nothing_else(tmp_path, module, lines):
     """--help: the groups a user chooses with their options, the top-level keys, launchers
     and searches, the everyday commands; not the schemas, not the local settings' example,

@@ -52,6 +52,7 @@ def _without(tmp_path, modules: str) -> dict[str, str]:
          "hydra.sweeper.storage=postgresql://... needs digitcnn's 'team' extra"),
     ],
 )  # fmt: skip
+@pytest.mark.new_store  # nothing written: not even the store a first run would make
 def test_a_run_that_needs_a_missing_extra_says_which_before_anything(tmp_path, hidden, args, named):
     proc = run_cli(tmp_path, *args, "dataset=digits", env=_without(tmp_path, hidden))
     assert proc.returncode == 2, failure_report(proc)
