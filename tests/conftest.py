@@ -27,6 +27,9 @@ from pathlib import Path
 # Before Keras (which writes ~/.keras/keras.json on import) or MLflow are imported.
 REAL_HOME = Path.home()
 os.environ["HOME"] = tempfile.mkdtemp(prefix="digitcnn-test-home-")
+# Every command in a new interpreter, none forked from the warm one (tests/warm_cli.py).
+FRESH_ENV = "DIGITCNN_TEST_FRESH_INTERPRETER"
+ALL_FRESH = os.environ.get(FRESH_ENV) == "1"
 for _name in [n for n in os.environ if n.startswith(("MLFLOW_", "KERAS_", "DIGITCNN_"))]:
     del os.environ[_name]
 # The commands the tests start take Ctrl-C as from a terminal, however the suite was started:
@@ -197,7 +200,6 @@ def run_cli(
 # What only a new interpreter shows: the cold start's imports and what they print, a backend
 # other than the warm one's TensorFlow, imports a test changes (tests/warm_cli.py).
 _COLD_START_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "KERAS_BACKEND", "DIGITCNN_VERBOSE_IMPORT")
-FRESH_ENV = "DIGITCNN_TEST_FRESH_INTERPRETER"
 _warm_interpreter: WarmInterpreter | None = None
 
 
@@ -207,7 +209,8 @@ def _warm_allowed(args: tuple[str, ...], added_env: dict[str, str], fresh: bool)
     return not (
         fresh
         or not ON_LINUX
-        or os.environ.get(FRESH_ENV) == "1"
+        or ALL_FRESH
+        or os.environ.get(FRESH_ENV) == "1"  # a test marked fresh_interpreter
         or any(name in _COLD_START_ENV or name.startswith("TF_") for name in added_env)
         or any(a.startswith("backend=") and a != "backend=tensorflow" for a in args)
     )

@@ -39,16 +39,20 @@ def steps(client, run_id: str) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("signum", "to_group"),
+    ("signum", "to_group", "fresh"),
     [
-        (signal.SIGTERM, False),  # Slurm, Kubernetes, systemd, `timeout`: to the process
-        (signal.SIGHUP, True),  # a closed terminal or a dropped ssh session: to the group
-        (signal.SIGINT, True),  # Ctrl-C: to the foreground group, the recorder included
+        (signal.SIGTERM, False, False),  # Slurm, Kubernetes, systemd, `timeout`: to the process
+        (signal.SIGHUP, True, False),  # a closed terminal or a dropped ssh session: to the group
+        (signal.SIGINT, True, False),  # Ctrl-C: to the foreground group, the recorder included
+        # The same SIGTERM to a cold start, not a fork of the warm interpreter (tests/warm_cli.py)
+        (signal.SIGTERM, False, True),
     ],
 )
-def test_a_stop_signal_ends_a_single_run_killed_with_one_line(tmp_path, signum, to_group):
+def test_a_stop_signal_ends_a_single_run_killed_with_one_line(tmp_path, signum, to_group, fresh):
     hold = Hold(tmp_path, MID_EPOCH)
-    proc = start_cli(tmp_path, *DIGITS, "tracking.experiment=stop", env=hold.env, own_group=True)
+    proc = start_cli(
+        tmp_path, *DIGITS, "tracking.experiment=stop", env=hold.env, own_group=True, fresh=fresh
+    )
     hold.wait(proc)
     folder = wait_for_epoch(tmp_path, 1, proc)
     sent = time.monotonic()
