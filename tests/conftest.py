@@ -47,7 +47,11 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from digitcnn.core import paths  # noqa: E402
 from digitcnn.core.config import register_configs  # noqa: E402
 from digitcnn.tracking.recording import SERVICE as RECORDER_SERVICE  # noqa: E402
-from tests.warm_cli import WarmInterpreter, WarmProcess  # noqa: E402
+from tests.warm_cli import (  # noqa: E402
+    WarmInterpreter,
+    WarmInterpreterUnavailable,
+    WarmProcess,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ON_LINUX = sys.platform.startswith("linux")
@@ -177,7 +181,8 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`python -m digitcnn.run ARGS` with its store under `root` (`env`: added variables;
     `fresh`: in a new interpreter, not forked from the warm one: tests/warm_cli.py)."""
-    if not _warm_allowed(args, env or {}, fresh):
+    warm = _warm_for(args, env or {}, fresh)
+    if warm is None:
         return subprocess.run(
             [sys.executable, "-m", module, *args],
             cwd=cwd or root,
@@ -187,7 +192,7 @@ def run_cli(
             timeout=timeout,
         )
     env = cli_env(root) | (env or {})
-    proc = WarmProcess(_warm(), module, list(args), cwd or root, env, merged=False)
+    proc = WarmProcess(warm, module, list(args), cwd or root, env, merged=False)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -197,31 +202,45 @@ def run_cli(
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-# What only a new interpreter shows: the cold start's imports and what they print, a backend
-# other than the warm one's TensorFlow, imports a test changes (tests/warm_cli.py).
-_COLD_START_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "KERAS_BACKEND", "DIGITCNN_VERBOSE_IMPORT")
+# What only a new interpreter shows (tests/warm_cli.py): the cold start's imports and what they
+# print, a backend other than the warm one's TensorFlow, variables read at start-up or import.
+_COLD_START_ENV = ("PYTHON", "KERAS_", "TF_", "OMP_", "MKL_", "KMP_", "CUDA_", "LC_", "LANG",
+                   "DIGITCNN_VERBOSE_IMPORT")  # fmt: skip
+# The warm interpreter's environment: the suite's, before any test changes it.
+_WARM_ENV = dict(os.environ)
 _warm_interpreter: WarmInterpreter | None = None
+_warm_unavailable = False
 
 
-def _warm_allowed(args: tuple[str, ...], added_env: dict[str, str], fresh: bool) -> bool:
-    """Whether a command can be forked from the warm interpreter (`added_env`: the variables
-    the test adds to the suite's)."""
-    return not (
+def _warm_for(
+    args: tuple[str, ...], added_env: dict[str, str], fresh: bool
+) -> WarmInterpreter | None:
+    """The warm interpreter to fork a command from, or None to start it cold (`added_env`: the
+    variables the test adds to the suite's)."""
+    cold = (
         fresh
         or not ON_LINUX
         or ALL_FRESH
+        or _warm_unavailable
         or os.environ.get(FRESH_ENV) == "1"  # a test marked fresh_interpreter
-        or any(name in _COLD_START_ENV or name.startswith("TF_") for name in added_env)
+        or any(name.startswith(_COLD_START_ENV) for name in added_env)
         or any(a.startswith("backend=") and a != "backend=tensorflow" for a in args)
     )
+    return None if cold else _warm()
 
 
-def _warm() -> WarmInterpreter:
-    """This test process's warm interpreter, started on first use, closed at its end."""
-    global _warm_interpreter
-    if _warm_interpreter is None:
-        folder = Path(tempfile.mkdtemp(prefix="digitcnn-warm-"))  # short: a socket's path
-        _warm_interpreter = WarmInterpreter(folder, dict(os.environ))
+def _warm() -> WarmInterpreter | None:
+    """This test process's warm interpreter, started on first use (again if it ended), closed
+    at the process's end; None where it cannot serve (TensorFlow sees a GPU)."""
+    global _warm_interpreter, _warm_unavailable
+    if _warm_interpreter is None or not _warm_interpreter.alive():
+        # Short (a socket's path), and 0700: no other user can ask it to run a command.
+        folder = Path(tempfile.mkdtemp(prefix="digitcnn-warm-"))
+        try:
+            _warm_interpreter = WarmInterpreter(folder, _WARM_ENV)
+        except WarmInterpreterUnavailable:
+            _warm_unavailable = True
+            return None
         atexit.register(_warm_interpreter.close)
     return _warm_interpreter
 
@@ -318,9 +337,10 @@ def start_cli(
     """`python -m digitcnn.run ARGS` started in the background, its output in one pipe;
     `own_group`: in a process group of its own (signals sent to the group reach only it);
     `fresh`: in a new interpreter, not forked from the warm one (tests/warm_cli.py)."""
-    added_env, env = env or {}, cli_env(root) | (env or {})
-    if _warm_allowed(args, added_env, fresh):
-        return WarmProcess(_warm(), "digitcnn.run", list(args), root, env, True, own_group)
+    warm = _warm_for(args, env or {}, fresh)
+    env = cli_env(root) | (env or {})
+    if warm is not None:
+        return WarmProcess(warm, "digitcnn.run", list(args), root, env, True, own_group)
     return subprocess.Popen(
         [sys.executable, "-m", "digitcnn.run", *args],
         cwd=root,

@@ -3,18 +3,21 @@
 Each `python -m digitcnn.run ...` a test starts spends about 5 of its 11 CPU-seconds importing
 TensorFlow, Keras, Hydra and the plotting libraries, before digitcnn does anything; the suite
 starts some 250 of them on two cores. A warm interpreter (one per test process, started on
-first use) imports those libraries once, as digitcnn imports them (C++ notices hidden,
-`TF_CPP_MIN_LOG_LEVEL` set, nothing initialised), then forks a child per command. The child
-takes the command's standard streams, folder, environment and process group, and runs the
-module as `python -m` does, to a normal interpreter exit (atexit handlers, threads joined):
-a real process with its own pid, signals and exit status. digitcnn itself is imported fresh in
-every child.
+first use) imports those libraries once, as digitcnn imports them (through
+`digitcnn.core.runtime.import_keras_quietly`: C++ notices hidden, `TF_CPP_MIN_LOG_LEVEL` set,
+no TensorFlow context made), then forks a child per command. The child takes the command's
+standard streams, folder, environment and process group, and runs the module as `python -m`
+does, to a normal interpreter exit (atexit handlers, threads joined): a real process with its
+own pid, signals and exit status. Of digitcnn only the package and `digitcnn.core.runtime`
+are imported before the fork; the rest is imported by each child.
 
 What a fork cannot show is the cold start itself: a backend chosen by `backend=` or
 `KERAS_BACKEND`, what the imports print, a command whose imports a test changes
-(`PYTHONPATH`). Those commands, tests marked `fresh_interpreter`, and every command when
-`DIGITCNN_TEST_FRESH_INTERPRETER=1` is set start a new interpreter as before (`tests/conftest.py`
-decides). Linux only (forks, SOCK_SEQPACKET); elsewhere every command starts cold.
+(`PYTHONPATH`), Keras imported before digitcnn chose its backend. Those commands, tests marked
+`fresh_interpreter`, and every command when `DIGITCNN_TEST_FRESH_INTERPRETER=1` is set start a
+new interpreter as before (`tests/conftest.py` decides; `tests/test_backends.py` and one stop
+test always start cold). So does every command on a machine whose TensorFlow sees a GPU (a
+forked child could not use CUDA the parent opened), and off Linux (forks, SOCK_SEQPACKET).
 
 Run as a script, this file is the warm interpreter: `python tests/warm_cli.py SOCKET`.
 """
@@ -24,25 +27,30 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import locale
 import os
 import runpy
 import select
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 _FDS = 3  # the child's stdin, stdout, stderr
+NO_GPU_EXIT = 3  # the warm interpreter's exit status where TensorFlow sees a GPU
 
 
 # --- the warm interpreter ------------------------------------------------------------------
 
 
-def _preload() -> None:
-    """What every training command imports, imported as digitcnn imports it."""
+def _preload() -> bool:
+    """Import what every training command imports, as digitcnn imports it; False where
+    TensorFlow sees a GPU (CUDA, once opened, is of no use to a forked child)."""
     from digitcnn.core.runtime import import_keras_quietly  # sets TF_CPP_MIN_LOG_LEVEL first
 
     import_keras_quietly()
@@ -54,6 +62,9 @@ def _preload() -> None:
     import omegaconf  # noqa: F401
     import seaborn  # noqa: F401
     import sklearn.metrics  # noqa: F401
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU")
 
 
 def _reap(waiting: dict[int, socket.socket]) -> None:
@@ -68,13 +79,14 @@ def _reap(waiting: dict[int, socket.socket]) -> None:
         client = waiting.pop(pid, None)
         if client is not None:
             with contextlib.suppress(OSError):  # the test process let go of it
-                client.send(str(os.waitstatus_to_exitcode(status)).encode())
+                client.send(f"exit:{os.waitstatus_to_exitcode(status)}".encode())
             client.close()
 
 
-def _serve(listener: socket.socket) -> dict:
+def _serve(listener: socket.socket) -> tuple[dict, socket.socket]:
     """Fork a child per request until the test process closes our stdin. Returns only in a
-    child, with its request, its descriptors in place and nothing of the server left open."""
+    child: its request, and the connection on which it says its pid, with its descriptors in
+    place and nothing else of the server left open. A request that fails is dropped alone."""
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
@@ -87,58 +99,73 @@ def _serve(listener: socket.socket) -> dict:
         except InterruptedError:
             continue
         if wake_read in ready:
-            while True:
-                try:
-                    if not os.read(wake_read, 512):
-                        break
-                except BlockingIOError:
-                    break
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_read, 512):
+                    pass
         _reap(waiting)
         if 0 in ready and not os.read(0, 512):
             sys.exit(0)  # the test process is gone
         if listener not in ready:
             continue
         client, _ = listener.accept()
-        message, fds, _, _ = socket.recv_fds(client, 1 << 20, _FDS)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
+        fds: list[int] = []
+        try:
+            message, fds, _, _ = socket.recv_fds(client, 1 << 20, _FDS)
+            request = json.loads(message)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+        except (OSError, ValueError) as exc:  # a client gone, a fork refused: this one only
+            print(f"request dropped: {exc!r}", file=sys.stderr)
+            client.close()
+            for fd in fds:
+                os.close(fd)
+            continue
         if pid == 0:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for open_socket in (listener, client, *waiting.values()):
+            for open_socket in (listener, *waiting.values()):
                 open_socket.close()
             os.close(wake_read)
             os.close(wake_write)
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
                 os.close(fd)
-            return json.loads(message)
+            return request, client
         for fd in fds:
             os.close(fd)
-        client.send(str(pid).encode())
         waiting[pid] = client
 
 
-def _run_as_main(request: dict) -> None:
-    """`python -m MODULE ARGS` in the command's folder, environment and process group."""
+def _run_as_main(request: dict, client: socket.socket) -> None:
+    """`python -m MODULE ARGS` in the command's folder, environment and process group; the
+    pid is told once the process is in its group, so a signal to the group reaches it."""
     if request["new_session"]:
         os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    sys.path[0] = os.getcwd()  # as `python -m` puts it
+    tempfile.tempdir = None  # chosen again from this environment's TMPDIR
+    sys.path.insert(0, os.getcwd())  # as `python -m` puts it
     sys.argv = [request["module"], *request["args"]]
+    client.send(f"pid:{os.getpid()}".encode())
+    client.close()
     runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
 
 
 # --- the test process's side ---------------------------------------------------------------
 
 
+class WarmInterpreterUnavailable(RuntimeError):
+    """The warm interpreter cannot serve here (TensorFlow sees a GPU); start commands cold."""
+
+
 class WarmInterpreter:
-    """One warm interpreter and the socket it listens on; `start` forks a command from it."""
+    """One warm interpreter and the socket it listens on (in `folder`, which it removes when
+    closed); `start` forks a command from it."""
 
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
         self.socket_path = str(folder / "warm.sock")
         self.log = folder / "warm.log"
         with open(self.log, "wb") as log:
@@ -151,9 +178,17 @@ class WarmInterpreter:
             )
         deadline = time.monotonic() + 120
         while not os.path.exists(self.socket_path):
+            if self.server.poll() == NO_GPU_EXIT:
+                self.close()
+                raise WarmInterpreterUnavailable("TensorFlow sees a GPU")
             if self.server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the warm interpreter did not start: {self.log.read_text()}")
+                log_text = self.log.read_text()
+                self.close()
+                raise RuntimeError(f"the warm interpreter did not start: {log_text}")
             time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.server.poll() is None
 
     def start(
         self,
@@ -170,26 +205,41 @@ class WarmInterpreter:
         request = {"module": module, "args": args, "cwd": str(cwd), "env": env,
                    "new_session": new_session}  # fmt: skip
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        conn.connect(self.socket_path)
-        stdin = os.open(os.devnull, os.O_RDONLY)
         try:
-            socket.send_fds(conn, [json.dumps(request).encode()], [stdin, stdout, stderr])
-        finally:
-            os.close(stdin)
-        return int(conn.recv(64)), conn
+            conn.settimeout(60)
+            conn.connect(self.socket_path)
+            stdin = os.open(os.devnull, os.O_RDONLY)
+            try:
+                socket.send_fds(conn, [json.dumps(request).encode()], [stdin, stdout, stderr])
+            finally:
+                os.close(stdin)
+            said = conn.recv(64).decode()
+        except BaseException:
+            conn.close()
+            raise
+        if not said.startswith("pid:"):
+            conn.close()
+            raise RuntimeError(f"the warm interpreter did not start {args}: {said!r}; its log: "
+                               f"{self.log.read_text()[-2000:]}")  # fmt: skip
+        return int(said.removeprefix("pid:")), conn
 
     def close(self) -> None:
-        self.server.stdin.close()
+        if self.server.stdin and not self.server.stdin.closed:
+            self.server.stdin.close()
         try:
             self.server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.server.kill()
             self.server.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_ENCODING = locale.getpreferredencoding(False)  # what Popen's text mode decodes with
 
 
 def _text(data: bytes) -> str:
     """Bytes read from a pipe, as Popen's text mode gives them (universal newlines)."""
-    return io.TextIOWrapper(io.BytesIO(data)).read()
+    return io.TextIOWrapper(io.BytesIO(data), encoding=_ENCODING).read()
 
 
 class WarmProcess:
@@ -214,12 +264,17 @@ class WarmProcess:
             self.pid, self._status = warm.start(
                 module, args, cwd, env, out_write, err_write, new_session
             )
+        except BaseException:
+            for fd in (out_read, err_read):
+                if fd is not None:
+                    os.close(fd)
+            raise
         finally:
             os.close(out_write)
             if not merged:
                 os.close(err_write)
-        self.stdout = open(out_read, encoding="utf-8", errors="strict")  # noqa: SIM115
-        self.stderr = None if merged else open(err_read, encoding="utf-8")  # noqa: SIM115
+        self.stdout = open(out_read, encoding=_ENCODING)  # noqa: SIM115
+        self.stderr = None if merged else open(err_read, encoding=_ENCODING)  # noqa: SIM115
         self._read: dict[int, bytearray] = {}
 
     def poll(self) -> int | None:
@@ -231,6 +286,10 @@ class WarmProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
+            if timeout is not None and timeout <= 0:
+                if self.poll() is None:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                return self.returncode
             self._status.setblocking(True)
             self._status.settimeout(timeout)
             try:
@@ -240,12 +299,16 @@ class WarmProcess:
         return self.returncode
 
     def _ended(self, message: bytes) -> None:
-        self.returncode = int(message)
+        said = message.decode()
+        if not said.startswith("exit:"):  # the warm interpreter itself ended
+            raise RuntimeError(f"no exit status for {self.args}: {said!r}")
+        self.returncode = int(said.removeprefix("exit:"))
         self._status.close()
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile, as Popen
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -255,7 +318,7 @@ class WarmProcess:
 
     def communicate(self, timeout: float | None = None) -> tuple[str | None, str | None]:
         """Read the pipes to their end and wait, as Popen.communicate does; a timeout leaves
-        what was read for the next call."""
+        what was read for the next call, and carries it, as Popen's does."""
         deadline = None if timeout is None else time.monotonic() + timeout
         streams = [s for s in (self.stdout, self.stderr) if s is not None and not s.closed]
         with selectors.DefaultSelector() as selector:
@@ -265,32 +328,42 @@ class WarmProcess:
             while selector.get_map():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise subprocess.TimeoutExpired(self.args, timeout)
+                    raise self._timed_out(timeout)
                 for key, _ in selector.select(left):
                     chunk = os.read(key.fd, 1 << 16)
                     if chunk:
                         self._read[key.fd] += chunk
                     else:
                         selector.unregister(key.fd)
-        texts = []
+        try:
+            self.wait(None if deadline is None else deadline - time.monotonic())
+        except subprocess.TimeoutExpired:
+            raise self._timed_out(timeout) from None
+        texts: list[str | None] = []
         for stream in (self.stdout, self.stderr):
             if stream is None:
                 texts.append(None)
-                continue
-            if not stream.closed:
+            elif stream.closed:
+                texts.append("")
+            else:
                 texts.append(_text(bytes(self._read.pop(stream.fileno(), b""))))
                 stream.close()
-            else:
-                texts.append("")
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self.wait(left)
         return texts[0], texts[1]
+
+    def _timed_out(self, timeout: float | None) -> subprocess.TimeoutExpired:
+        out, err = (
+            bytes(self._read.get(s.fileno(), b"")) if s is not None and not s.closed else None
+            for s in (self.stdout, self.stderr)
+        )
+        return subprocess.TimeoutExpired(self.args, timeout, output=out, stderr=err)
 
 
 if __name__ == "__main__":
-    _preload()
+    sys.path.pop(0)  # this folder: nothing of the tests' is imported here
+    if not _preload():
+        sys.exit(NO_GPU_EXIT)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(sys.argv[1] + ".new")
     server.listen(64)
     os.rename(sys.argv[1] + ".new", sys.argv[1])  # whole once it is there
-    _run_as_main(_serve(server))
+    _run_as_main(*_serve(server))
