@@ -182,16 +182,16 @@ def run_cli(
     """`python -m digitcnn.run ARGS` with its store under `root` (`env`: added variables;
     `fresh`: in a new interpreter, not forked from the warm one: tests/warm_cli.py)."""
     warm = _warm_for(args, env or {}, fresh)
+    env = cli_env(root) | (env or {})
     if warm is None:
         return subprocess.run(
             [sys.executable, "-m", module, *args],
             cwd=cwd or root,
-            env=cli_env(root) | (env or {}),
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-    env = cli_env(root) | (env or {})
     proc = WarmProcess(warm, module, list(args), cwd or root, env, merged=False)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 _FDS = 3  # the child's stdin, stdout, stderr
-NO_GPU_EXIT = 3  # the warm interpreter's exit status where TensorFlow sees a GPU
+GPU_SEEN_EXIT = 3  # the warm interpreter's exit status where TensorFlow sees a GPU
 
 
 # --- the warm interpreter ------------------------------------------------------------------
@@ -178,7 +178,7 @@ class WarmInterpreter:
             )
         deadline = time.monotonic() + 120
         while not os.path.exists(self.socket_path):
-            if self.server.poll() == NO_GPU_EXIT:
+            if self.server.poll() == GPU_SEEN_EXIT:
                 self.close()
                 raise WarmInterpreterUnavailable("TensorFlow sees a GPU")
             if self.server.poll() is not None or time.monotonic() > deadline:
@@ -361,7 +361,7 @@ class WarmProcess:
 if __name__ == "__main__":
     sys.path.pop(0)  # this folder: nothing of the tests' is imported here
     if not _preload():
-        sys.exit(NO_GPU_EXIT)
+        sys.exit(GPU_SEEN_EXIT)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(sys.argv[1] + ".new")
     server.listen(64)
