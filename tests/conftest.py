@@ -46,7 +46,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from digitcnn.core import paths  # noqa: E402
 from digitcnn.core.config import register_configs  # noqa: E402
-from digitcnn.tracking.recording import SERVICE as RECORDER_SERVICE  # noqa: E402
+from digitcnn.tracking.service import NAME as RECORDER_NAME  # noqa: E402
 from tests.warm_cli import (  # noqa: E402
     WarmInterpreter,
     WarmInterpreterUnavailable,
@@ -388,16 +388,17 @@ class Hold:
 
 
 def recorder_processes(pid: int) -> list[int]:
-    """The live recorder processes that process `pid` started (their command line names it;
-    Linux's /proc, else none are found)."""
+    """The live recorder processes that process `pid` started (its children named
+    digitcnn-record; Linux's /proc, else none are found)."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            args = cmdline.read_bytes().decode().split("\0")
+            name, _, rest = stat.read_bytes().partition(b" (")[2].rpartition(b") ")
         except OSError:
             continue  # ended meanwhile
-        if RECORDER_SERVICE in args and args[-2:-1] == [str(pid)]:
-            found.append(int(cmdline.parent.name))
+        state, parent = rest.split()[:2]
+        if name == RECORDER_NAME and int(parent) == pid and state != b"Z":
+            found.append(int(stat.parent.name))
     return found
 
 

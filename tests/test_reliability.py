@@ -349,3 +349,54 @@ def test_the_training_side_of_a_single_run_imports_no_mlflow(tmp_path):
         [sys.executable, "-c", code], env=cli_env(tmp_path), capture_output=True, text=True
     )
     assert check.stdout.strip() == "False", check.stderr
+
+
+@pytest.mark.skipif(not ON_LINUX, reason="forks only on Linux")
+def test_a_single_runs_recorder_is_forked_from_its_one_thread_before_numpy(tmp_path):
+    """The recorder process is forked from the command, which then runs one thread and has
+    imported neither NumPy (OpenBLAS's threads) nor Keras nor MLflow: a new interpreter
+    started cold, as a user's command is."""
+    proc = run_cli(
+        tmp_path,
+        *DIGITS,
+        "trainer.epochs=1",
+        "tracking.log_model=false",
+        "hydra.verbose=digitcnn.tracking.recorder_start",
+        fresh=True,
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    assert "recorder process" in proc.stderr and "forked" in proc.stderr, proc.stderr
+    assert "new interpreter" not in proc.stderr
+
+
+@pytest.mark.skipif(not ON_LINUX, reason="reads /proc")
+def test_a_process_running_threads_starts_its_recorder_as_a_new_interpreter(tmp_path):
+    """A fork would copy only the calling thread (a lock another holds stays held): where a
+    thread runs beside it, the recorder is `python -m digitcnn.tracking.service` instead,
+    and records the same."""
+    from digitcnn.tracking.recording import RecorderProcess
+
+    cfg = TrackingConfig(
+        uri=store_uri(tmp_path), experiment="threads", artifact_location=str(tmp_path / "art")
+    )
+    beside = threading.Event()
+    thread = threading.Thread(target=beside.wait)
+    thread.start()
+    try:
+        recording = RecorderProcess(cfg)
+        try:
+            recording.preflight()
+            (recorder_pid,) = recorder_processes(os.getpid())
+            command = Path(f"/proc/{recorder_pid}/cmdline").read_bytes().split(b"\0")
+            assert b"digitcnn.tracking.service" in command
+            with recording.tracked_run("beside a thread", {}) as recorder:
+                recorder.log_metrics({"accuracy": 0.5}, step=1)
+        finally:
+            recording.close()
+    finally:
+        beside.set()
+        thread.join()
+    assert recorder.ended == "FINISHED"
+    run = only_run(tmp_path, "threads")[1]
+    assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == 0.5
+    assert recorders_end(os.getpid(), timeout=0)

@@ -8,8 +8,10 @@ first use) imports those libraries once, as digitcnn imports them (through
 no TensorFlow context made), then forks a child per command. The child takes the command's
 standard streams, folder, environment and process group, and runs the module as `python -m`
 does, to a normal interpreter exit (atexit handlers, threads joined): a real process with its
-own pid, signals and exit status. Of digitcnn only the package and `digitcnn.core.runtime`
-are imported before the fork; the rest is imported by each child.
+own pid, signals and exit status. MLflow and its SQL store are imported too: a single run's
+recorder process is forked from the command (digitcnn/tracking/recorder_start.py), a sweep
+records from it. Of digitcnn only the package and `digitcnn.core.runtime` are imported before
+the fork; the rest is imported by each child.
 
 What a fork cannot show is the cold start itself: a backend chosen by `backend=` or
 `KERAS_BACKEND`, what the imports print, a command whose imports a test changes
@@ -59,6 +61,8 @@ def _preload() -> bool:
     matplotlib.use("Agg")
     import hydra  # noqa: F401
     import matplotlib.pyplot
+    import mlflow.pyfunc  # a single run's recorder is forked from the command
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (a sweep records in it)
     import omegaconf  # noqa: F401
     import seaborn  # noqa: F401
     import sklearn.metrics  # noqa: F401

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 
 def write_files(files: Mapping[str, Any], folder: Path) -> None:
     """{name: content} as files in `folder` (a name may hold a subfolder): a figure (PNG,
@@ -21,7 +19,7 @@ def write_files(files: Mapping[str, Any], folder: Path) -> None:
 
             content.savefig(path, dpi=110)
             plt.close(content)
-        elif isinstance(content, pd.DataFrame):
+        elif hasattr(content, "to_csv"):  # a pandas frame (pandas stays unimported till then)
             content.to_csv(path)
         elif isinstance(content, dict):
             path.write_text(json.dumps(content, indent=2))

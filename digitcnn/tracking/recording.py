@@ -1,8 +1,9 @@
 """Where a job's records are written from: this process, or a recorder process beside it.
 
 A single run (`python -m digitcnn.run ...`) hands its records to a second process
-(`RecorderProcess`): MLflow's imports (~1.5 s), the store's checks and the run's calls then
-happen while this process imports Keras and trains, on the other core. Jobs of a sweep record
+(`RecorderProcess`, forked from this one: digitcnn.tracking.recorder_start): MLflow's imports
+(~1.5 s), the store's checks and the run's calls then happen while this process imports Keras
+and trains, on the other core. Jobs of a sweep record
 from their own process (`InlineRecording`): the sweep's process holds MLflow already, and a
 launcher's worker pays the imports once for all its jobs.
 
@@ -13,11 +14,9 @@ takes the same calls as `tracking.Recorder`.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from digitcnn.core.config_groups import TrackingConfig
 from digitcnn.core.errors import RecorderGone
 from digitcnn.core.stops import GRACE_SECONDS, held, shield
+from digitcnn.tracking import recorder_start
 from digitcnn.tracking.channel import Channel, ChannelClosed
 from digitcnn.tracking.files import write_files
 
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     import keras
 
     from digitcnn.tracking.store import Store
-
-
-SERVICE = "digitcnn.tracking.service"
 
 
 def open_recording(cfg: TrackingConfig, separate: bool) -> RecorderProcess | InlineRecording:
@@ -83,18 +80,7 @@ class RecorderProcess:
 
     def __init__(self, cfg: TrackingConfig) -> None:
         ours, theirs = socket.socketpair()
-        env = os.environ | {
-            # The recorder runs the logged model once, to check it, on the CPU: the
-            # accelerators are the training process's.
-            "CUDA_VISIBLE_DEVICES": "",
-            "JAX_PLATFORMS": "cpu",
-        }
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", SERVICE, str(theirs.fileno()), str(os.getpid())],
-            pass_fds=[theirs.fileno()],
-            env=env,
-        )
-        theirs.close()
+        self._process = recorder_start.start(ours, theirs)
         self._channel = Channel(ours)
         self.deadline: float | None = None  # set when a stopped run has GRACE_SECONDS left
         self._waiting: deque[Callable[[], None]] = deque()  # per answer due: its clean-up

@@ -1,5 +1,6 @@
-"""The recorder process: `python -m digitcnn.tracking.service FD PARENT_PID`, started by
-`RecorderProcess`. It imports MLflow, opens the store and writes one run, on requests that
+"""The recorder process, started by `RecorderProcess` (forked from it, or as `python -m
+digitcnn.tracking.service FD PARENT_PID`: see digitcnn.tracking.recorder_start; `ps -o comm`
+names it digitcnn-record). It imports MLflow, opens the store and writes one run, on requests that
 arrive over the socket FD; each reply carries the result or the error, and the log records
 of digitcnn's loggers since the last reply.
 
@@ -65,14 +66,19 @@ class _Collected(logging.Handler):
         return records
 
 
+NAME = b"digitcnn-record"  # the process's name (Linux keeps 15 bytes)
+
+
 def _die_with_parent(parent_pid: int) -> None:
-    """Linux: be killed (SIGKILL) when the parent dies; gone already: stop now."""
+    """Linux: be killed (SIGKILL) when the parent dies, and be named NAME; parent gone
+    already: stop now."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        pr_set_pdeathsig = 1
+        pr_set_pdeathsig, pr_set_name = 1, 15
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(pr_set_name, ctypes.c_char_p(NAME), 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(0)
 
@@ -157,12 +163,20 @@ def serve(channel: Channel) -> None:
             os._exit(0)
 
 
-def main() -> None:
-    fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+def run(sock: socket.socket, parent_pid: int, unblock: set | None = None) -> None:
+    """Serve the parent `parent_pid` on `sock` until it closes its end; its stop signals
+    ignored, then the signal mask set to `unblock` (a forked recorder's parent's)."""
     _die_with_parent(parent_pid)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the parent decides
         signal.signal(signum, signal.SIG_IGN)
-    serve(Channel(socket.socket(fileno=fd)))
+    if unblock is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblock)
+    serve(Channel(sock))
+
+
+def main() -> None:
+    fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    run(socket.socket(fileno=fd), parent_pid)
 
 
 if __name__ == "__main__":
