@@ -25,7 +25,7 @@ from digitcnn.core.extras import runs_jobs_elsewhere
 from digitcnn.core.runtime import import_keras_quietly
 from digitcnn.core.writer_lock import writing
 from digitcnn.sweeps.search.trial import STATE_TAG
-from digitcnn.tracking.recording import open_recording
+from digitcnn.tracking.recording import RecorderProcess, open_recording
 from digitcnn.tracking.resume import RESOLVED_CONFIG, JobSource, job_source
 from digitcnn.training.backends import select_backend
 from digitcnn.training.timing import Timings, process_age
@@ -53,6 +53,25 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
     if in_sweep and cfg.resume:  # it names the sweep, whose parent run the callback reopened
         cfg = cfg.copy()
         cfg.resume = None
+    # A single run records from a second process, started now: forked before this process
+    # opens a store or a lock or imports NumPy (digitcnn.tracking.recorder_start); it imports
+    # MLflow and opens the store while this process imports Keras.
+    process = None if in_sweep else RecorderProcess()
+    try:
+        return _held_job(cfg, hydra_cfg, in_sweep, process, timings)
+    finally:
+        if process is not None:
+            process.close()  # also when the job ended before it reached its store
+
+
+def _held_job(
+    cfg: DictConfig,
+    hydra_cfg: DictConfig,
+    in_sweep: bool,
+    process: RecorderProcess | None,
+    timings: Timings,
+) -> float:
+    """The job from its config to its end, holding the run's writer lock."""
     with ExitStack() as held:  # the run's writer lock, for as long as this job writes it
         source = job_source(cfg, list(hydra_cfg.overrides.task), held)  # resume=, rerun=
         typed = to_typed(source.cfg)  # range checks: before data or MLflow are touched
@@ -60,9 +79,7 @@ def run_job(cfg: DictConfig, compose_seconds: float = 0.0) -> float:
         if source.checkpoint is None:
             output_key = "hydra.sweep.dir" if in_sweep else "hydra.run.dir"
             held.enter_context(writing(Path(typed.paths.output_dir), output_key))
-        # A single run records from a second process, started now: it imports MLflow and
-        # opens the store while this process imports Keras (see digitcnn.tracking.recording).
-        recording = open_recording(typed.tracking, separate=not in_sweep)
+        recording = open_recording(typed.tracking, process)
         try:
             return _job(source, typed, recording, timings, held)
         finally:

@@ -205,6 +205,7 @@ def run_cli(
 # What only a new interpreter shows (tests/warm_cli.py): the cold start's imports and what they
 # print, a backend other than the warm one's TensorFlow, variables read at start-up or import.
 _COLD_START_ENV = ("PYTHON", "KERAS_", "TF_", "OMP_", "MKL_", "KMP_", "CUDA_", "LC_", "LANG",
+                   "MLFLOW_CONFIGURE_LOGGING", "MLFLOW_LOGGING_LEVEL",  # read by `import mlflow`
                    "DIGITCNN_VERBOSE_IMPORT")  # fmt: skip
 # The warm interpreter's environment: the suite's, before any test changes it.
 _WARM_ENV = dict(os.environ)
@@ -387,25 +388,36 @@ class Hold:
         self.file.unlink()
 
 
-def recorder_processes(pid: int) -> list[int]:
-    """The live recorder processes that process `pid` started (its children named
-    digitcnn-record; Linux's /proc, else none are found)."""
-    found = []
+def _recorder(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of process `pid` if it is a live recorder process (named
+    digitcnn-record), else None."""
+    try:
+        name, _, rest = Path(f"/proc/{pid}/stat").read_bytes().partition(b" (")[2].rpartition(b") ")
+    except OSError:
+        return None  # ended
+    fields = rest.split()
+    if name != RECORDER_NAME or fields[0] == b"Z":
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def recorder_processes(pid: int) -> dict[int, int]:
+    """The live recorder processes of process `pid`, its children named digitcnn-record:
+    {recorder pid: its start time} (Linux's /proc, else none are found). Taken while `pid`
+    lives: a recorder its parent left would be another's child."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            name, _, rest = stat.read_bytes().partition(b" (")[2].rpartition(b") ")
-        except OSError:
-            continue  # ended meanwhile
-        state, parent = rest.split()[:2]
-        if name == RECORDER_NAME and int(parent) == pid and state != b"Z":
-            found.append(int(stat.parent.name))
+        recorder = _recorder(int(stat.parent.name))
+        if recorder is not None and recorder[0] == pid:
+            found[int(stat.parent.name)] = recorder[1]
     return found
 
 
-def recorders_end(pid: int, timeout: float = 10) -> bool:
-    """Whether the recorder processes of process `pid` are all gone within `timeout` s."""
+def recorders_end(recorders: dict[int, int], timeout: float = 10) -> bool:
+    """Whether these recorder processes (from `recorder_processes`) are all gone within
+    `timeout` s, whoever their parent is by then."""
     deadline = time.monotonic() + timeout
-    while recorder_processes(pid):
+    while any((_recorder(pid) or (0, None))[1] == started for pid, started in recorders.items()):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,10 +58,14 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path):
     )
     hold.wait(proc)
     folder = wait_for_epoch(tmp_path, 2, proc)
-    assert recorder_processes(proc.pid) or not ON_LINUX
+    recorders = recorder_processes(proc.pid)
+    assert recorders or not ON_LINUX
+    for recorder in recorders:  # the run's writer lock is its training process's alone
+        held = [os.readlink(fd) for fd in Path(f"/proc/{recorder}/fd").iterdir()]
+        assert not [path for path in held if path.endswith("writer.lock")], held
     proc.kill()  # SIGKILL: no handler runs, the MLflow run is left RUNNING
     proc.wait(timeout=60)
-    assert recorders_end(proc.pid)  # killed with it: nothing writes to the run after
+    assert recorders_end(recorders)  # killed with it: nothing writes to the run after
     client, run = only_run(tmp_path, "resume")
     assert run.info.status == "RUNNING"
 
@@ -365,8 +370,10 @@ def test_a_single_runs_recorder_is_forked_from_its_one_thread_before_numpy(tmp_p
         fresh=True,
     )
     assert proc.returncode == 0, failure_report(proc)
-    assert "recorder process" in proc.stderr and "forked" in proc.stderr, proc.stderr
+    assert re.search(r"recorder process \d+ forked", proc.stderr), proc.stderr
     assert "new interpreter" not in proc.stderr
+    run = only_run(tmp_path, "digitcnn")[1]
+    assert run.data.tags["mlflow.source.name"].endswith(os.path.join("digitcnn", "run.py"))
 
 
 @pytest.mark.skipif(not ON_LINUX, reason="reads /proc")
@@ -383,10 +390,12 @@ def test_a_process_running_threads_starts_its_recorder_as_a_new_interpreter(tmp_
     thread = threading.Thread(target=beside.wait)
     thread.start()
     try:
-        recording = RecorderProcess(cfg)
+        recording = RecorderProcess()
         try:
+            recording.check_store(cfg)
             recording.preflight()
-            (recorder_pid,) = recorder_processes(os.getpid())
+            recorders = recorder_processes(os.getpid())
+            (recorder_pid,) = recorders
             command = Path(f"/proc/{recorder_pid}/cmdline").read_bytes().split(b"\0")
             assert b"digitcnn.tracking.service" in command
             with recording.tracked_run("beside a thread", {}) as recorder:
@@ -399,4 +408,5 @@ def test_a_process_running_threads_starts_its_recorder_as_a_new_interpreter(tmp_
     assert recorder.ended == "FINISHED"
     run = only_run(tmp_path, "threads")[1]
     assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == 0.5
-    assert recorders_end(os.getpid(), timeout=0)
+    assert run.data.tags["mlflow.source.name"] == sys.argv[0]  # this process's, not service.py
+    assert recorders_end(recorders, timeout=0)

@@ -17,13 +17,13 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from digitcnn.core.errors import InputError
 
 LOCK_FILE = "writer.lock"
-_HELD: set[Path] = set()  # the folders this process holds: a lock is taken once per process
+_HELD: dict[Path, int] = {}  # the folders this process holds, and their lock's descriptor
 
 try:
     import fcntl
@@ -33,6 +33,20 @@ except ImportError:  # Windows: no flock; one writer is then the user's to ensur
 
 class RunBusy(InputError):
     """Another live process writes the run."""
+
+
+def _none_held_in_child() -> None:
+    """A forked child (a single run's recorder) writes no run: its copies of the locks'
+    descriptors are closed, so the lock ends with its holder alone. Closed, never unlocked:
+    `flock`'s unlock would drop the parent's lock too."""
+    for fd in _HELD.values():
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no flock either
+    os.register_at_fork(after_in_child=_none_held_in_child)
 
 
 def _holder(fd: int) -> str:
@@ -69,10 +83,10 @@ def writing(folder: Path, what: str) -> Iterator[None]:
             os.write(fd, json.dumps(holder).encode())
         except OSError:
             pass
-        _HELD.add(folder)
+        _HELD[folder] = fd
         try:
             yield
         finally:
-            _HELD.discard(folder)
+            _HELD.pop(folder, None)
     finally:
         os.close(fd)  # releases the lock

@@ -39,9 +39,15 @@ if TYPE_CHECKING:
     from digitcnn.tracking.store import Store
 
 
-def open_recording(cfg: TrackingConfig, separate: bool) -> RecorderProcess | InlineRecording:
-    """A recorder process (`separate`) or this process; the store check starts now."""
-    return RecorderProcess(cfg) if separate else InlineRecording(cfg)
+def open_recording(
+    cfg: TrackingConfig, process: RecorderProcess | None
+) -> RecorderProcess | InlineRecording:
+    """The recorder `process` (a single run's, started early) or this process; the store
+    check starts now."""
+    if process is None:
+        return InlineRecording(cfg)
+    process.check_store(cfg)
+    return process
 
 
 class InlineRecording:
@@ -70,7 +76,8 @@ class InlineRecording:
 
 class RecorderProcess:
     """A second Python process that imports MLflow and writes the run (digitcnn.tracking.
-    service), started at once: it opens the store while this process imports Keras.
+    service), started as the job starts (digitcnn.tracking.recorder_start); given the store
+    (`check_store`), it opens it while this process imports Keras.
 
     Calls that return nothing are sent without waiting; their answers (an error, the log
     lines the recorder wrote) are read at the next call that waits, or as they arrive.
@@ -78,12 +85,16 @@ class RecorderProcess:
 
     separate = True  # MLflow is imported there, not here
 
-    def __init__(self, cfg: TrackingConfig) -> None:
+    def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         self._process = recorder_start.start(ours, theirs)
         self._channel = Channel(ours)
         self.deadline: float | None = None  # set when a stopped run has GRACE_SECONDS left
         self._waiting: deque[Callable[[], None]] = deque()  # per answer due: its clean-up
+        self._closed = False
+
+    def check_store(self, cfg: TrackingConfig) -> None:
+        """Have the recorder import MLflow and check the store; `preflight` waits for it."""
         self._send("preflight", cfg)
 
     def _send(self, name: str, *args: Any, after: Callable[[], None] = lambda: None, **kwargs):
@@ -189,7 +200,10 @@ class RecorderProcess:
     def close(self) -> None:
         """Let the recorder process end (it stops at the channel's end) and wait for it: it
         may still be creating the store, which must not be cut short; a stopped run waits
-        GRACE_SECONDS at most."""
+        GRACE_SECONDS at most. Once; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._channel.close()
         try:
             self._process.wait(timeout=GRACE_SECONDS if self.deadline else None)

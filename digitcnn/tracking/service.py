@@ -1,5 +1,5 @@
 """The recorder process, started by `RecorderProcess` (forked from it, or as `python -m
-digitcnn.tracking.service FD PARENT_PID`: see digitcnn.tracking.recorder_start; `ps -o comm`
+digitcnn.tracking.service FD PARENT_PID SOURCE`: see digitcnn.tracking.recorder_start; `ps -o comm`
 names it digitcnn-record). It imports MLflow, opens the store and writes one run, on requests that
 arrive over the socket FD; each reply carries the result or the error, and the log records
 of digitcnn's loggers since the last reply.
@@ -176,6 +176,7 @@ def run(sock: socket.socket, parent_pid: int, unblock: set | None = None) -> Non
 
 def main() -> None:
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    sys.argv = sys.argv[3:] or sys.argv  # the command's own: MLflow names the run's source
     run(socket.socket(fileno=fd), parent_pid)
 
 
