@@ -150,3 +150,44 @@ def test_one_run_is_continued_by_one_process_at_a_time(tmp_path):
     client, run = only_run(tmp_path, "two")
     assert run.info.status == "FINISHED"
     assert sorted(steps(client, run.info.run_id)) == list(range(1, done + 3))
+
+
+@pytest.mark.skipif(not ON_LINUX, reason="flock, /proc")
+def test_a_refusal_names_the_holder_that_has_just_taken_the_lock(tmp_path, monkeypatch):
+    """Between taking the lock and writing who it is, a new holder leaves the file naming the
+    holder before it, dead: the refusal reads again and names the new one (found as the
+    two-resumers case above refused with `another process`)."""
+    import fcntl
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from digitcnn.core import writer_lock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = folder / writer_lock.LOCK_FILE
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": 0}))
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the new holder, before it says who it is
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    waits = []
+
+    def now_written(seconds: float) -> None:  # the refusal's first wait: the holder writes
+        if not waits:
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            os.ftruncate(fd, len(json.dumps(holder)))
+        waits.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", now_written)
+    try:
+        with pytest.raises(writer_lock.RunBusy) as refused, writer_lock.writing(folder, "x"):
+            pass
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+    assert f"process {os.getpid()} on " in str(refused.value)
+    assert f"process {dead.pid} " not in str(refused.value) and len(waits) == 1

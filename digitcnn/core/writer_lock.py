@@ -49,14 +49,35 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no flock either
     os.register_at_fork(after_in_child=_none_held_in_child)
 
 
-def _holder(fd: int) -> str:
+def _holder(fd: int, wait: float = 2.0) -> str:
+    """Who holds the lock, as it wrote in the file. A holder that has just taken the lock may
+    not have written yet (the file then names nobody, or the holder before, dead): read again
+    for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            held = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held["since"]))
+            if not _gone(held):
+                return f"process {held['pid']} on {held['host']} (since {since})"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            return "another process"
+        time.sleep(0.02)
+
+
+def _gone(held: dict) -> bool:
+    """Whether the process `held` names ran on this machine and has ended."""
+    if held["host"] != socket.gethostname():
+        return False
     try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        held = json.loads(os.read(fd, 4096) or b"{}")
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held["since"]))
-        return f"process {held['pid']} on {held['host']} (since {since})"
-    except (OSError, ValueError, KeyError):
-        return "another process"
+        os.kill(int(held["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's: alive
+        pass
+    return False
 
 
 @contextmanager
@@ -78,9 +99,10 @@ def writing(folder: Path, what: str) -> Iterator[None]:
                 "continued by one process at a time: wait for it to end, or stop it first"
             ) from None
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        written = json.dumps(holder).encode()
         try:  # who holds it, for the refusal's line; the lock works without it (a full disk)
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(holder).encode())
+            os.pwrite(fd, written, 0)  # over the last holder's, never an empty file
+            os.ftruncate(fd, len(written))
         except OSError:
             pass
         _HELD[folder] = fd
