@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from digitcnn.tracking import service as recorder
+
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
@@ -62,9 +64,9 @@ def _tree(root: int) -> list[int]:
 
 def _name(pid: int) -> str:
     """What the process runs: a forked recorder keeps its parent's command line, its name is
-    its own (digitcnn.tracking.service.NAME)."""
-    if Path(f"/proc/{pid}/comm").read_bytes().strip() == b"digitcnn-record":
-        return "digitcnn.tracking.service"
+    its own."""
+    if Path(f"/proc/{pid}/comm").read_bytes().strip() == recorder.NAME:
+        return recorder.__name__
     words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     module = [w for w in words if w.startswith(b"digitcnn.") or w.endswith(b".py")]
     return (module[-1] if module else words[0]).decode()

@@ -416,8 +416,13 @@ def recorder_processes(pid: int) -> dict[int, int]:
 def recorders_end(recorders: dict[int, int], timeout: float = 10) -> bool:
     """Whether these recorder processes (from `recorder_processes`) are all gone within
     `timeout` s, whoever their parent is by then."""
+
+    def alive(pid: int, started: int) -> bool:  # the same process, not a new one with its pid
+        found = _recorder(pid)
+        return found is not None and found[1] == started
+
     deadline = time.monotonic() + timeout
-    while any((_recorder(pid) or (0, None))[1] == started for pid, started in recorders.items()):
+    while any(alive(pid, started) for pid, started in recorders.items()):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

@@ -74,12 +74,12 @@ def start(ours: socket.socket, theirs: socket.socket, fork: bool = FORKS):
     try:
         pid = os.fork()
         if pid == 0:
-            _be_the_recorder(ours, theirs, parent_pid, blocked)
+            _be_the_recorder(ours, theirs, parent_pid, blocked)  # never returns
     except BaseException:
-        gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         raise
-    gc.unfreeze()
+    finally:
+        gc.unfreeze()
     theirs.close()
     recorder = ForkedRecorder(pid)
     try:

@@ -3,9 +3,9 @@
 A single run (`python -m digitcnn.run ...`) hands its records to a second process
 (`RecorderProcess`, forked from this one: digitcnn.tracking.recorder_start): MLflow's imports
 (~1.5 s), the store's checks and the run's calls then happen while this process imports Keras
-and trains, on the other core. Jobs of a sweep record
-from their own process (`InlineRecording`): the sweep's process holds MLflow already, and a
-launcher's worker pays the imports once for all its jobs.
+and trains, on the other core. Jobs of a sweep record from their own process
+(`InlineRecording`): the sweep's process holds MLflow already, and a launcher's worker pays
+the imports once for all its jobs.
 
 Both give `preflight()` (fails early on a bad store) and `tracked_run(...)`, whose recorder
 takes the same calls as `tracking.Recorder`.

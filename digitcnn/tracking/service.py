@@ -1,8 +1,8 @@
 """The recorder process, started by `RecorderProcess` (forked from it, or as `python -m
-digitcnn.tracking.service FD PARENT_PID SOURCE`: see digitcnn.tracking.recorder_start; `ps -o comm`
-names it digitcnn-record). It imports MLflow, opens the store and writes one run, on requests that
-arrive over the socket FD; each reply carries the result or the error, and the log records
-of digitcnn's loggers since the last reply.
+digitcnn.tracking.service FD PARENT_PID SOURCE`: see digitcnn.tracking.recorder_start;
+`ps -o comm` names it digitcnn-record). It imports MLflow, opens the store and writes one run,
+on requests that arrive over the socket FD; each reply carries the result or the error, and
+the log records of digitcnn's loggers since the last reply.
 
 It lives and dies with its parent: a stop signal (Ctrl-C, SIGTERM, SIGHUP, also when sent to
 the whole process group) is the parent's to handle (it asks for the run to end KILLED), and
