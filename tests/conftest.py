@@ -81,7 +81,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         print(f"\nthe suite changed the user's home: {sorted({p for p, _ in changed})}")
 
 
-# `--dist loadfile` hands whole files to the two test processes in collection order
+# `--dist loadfile` hands whole files to the test processes in collection order
 # (`--no-loadscope-reorder`): the files that take longest on 2 cores go first, so that none
 # starts last and runs alone (their times: docs/performance.md, The test suite).
 LONGEST_FIRST = (

@@ -221,8 +221,9 @@ class RayCluster:
         self.env["RAY_USAGE_STATS_ENABLED"] = "0"
         self.nodes: list[subprocess.Popen] = []
 
-    def _start(self, *args: str) -> subprocess.Popen:
-        common = ["--block", "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus)]
+    def _start(self, *args: str, cpus: int | None = None) -> subprocess.Popen:
+        cpus = self.cpus if cpus is None else cpus
+        common = ["--block", "--num-cpus", str(cpus), "--num-gpus", str(self.gpus)]
         common += ["--object-store-memory", "100000000"]
         node = subprocess.Popen(
             [ray_bin(), "start", *args, *common],
@@ -253,13 +254,24 @@ class RayCluster:
             "[n['NodeID'] for n in ray.nodes() if 'node:__internal_head__' in n['Resources']][0]"
         )
 
-    def start(self, workers: int = 1, timeout: float = 120) -> None:
-        self._start("--head", "--port", str(self.port), "--include-dashboard", "false")
+    def start(self, workers: int = 1, head_cpus: int | None = None, timeout: float = 120) -> None:
+        """The head (with `head_cpus` CPUs for jobs, if given: 0 keeps jobs off it) and
+        `workers` more nodes, once all are up."""
+        head = ("--head", "--port", str(self.port), "--include-dashboard", "false")
+        self._start(*head, cpus=head_cpus)
         for _ in range(workers):
             self._start("--address", self.address)
+        self._wait_for_nodes(1 + workers, timeout)
+
+    def add_node(self, timeout: float = 120) -> None:
+        """One more worker node, once it is up."""
+        self._start("--address", self.address)
+        self._wait_for_nodes(sum(n.poll() is None for n in self.nodes), timeout)
+
+    def _wait_for_nodes(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while self.nodes_alive() < 1 + workers:
-            assert all(n.poll() is None for n in self.nodes), "a Ray node exited"
+        while self.nodes_alive() < count:
+            assert self.nodes[-1].poll() is None, "a Ray node exited"
             assert time.monotonic() < deadline, "the Ray nodes did not come up"
             time.sleep(1)
 

@@ -295,25 +295,21 @@ def test_a_store_locked_by_another_process_mid_run_is_waited_for(tmp_path):
     (MLflow's 20 s busy timeout) from the first checkpoint on, as a backup or `mlflow gc`
     does: training goes on, the run says once that its records wait, then writes them:
     FINISHED, every epoch once, every metric there, no traceback."""
-    import json
     import sqlite3
     import time
 
-    from tests.conftest import start_cli
+    from tests.conftest import Hold, start_cli
 
-    proc = start_cli(tmp_path, "experiment=quick", "trainer.epochs=3", "tracking.experiment=locked")
-    db = tmp_path / "mlruns" / "mlflow.db"
-    deadline = time.monotonic() + 240
-    while not any(
-        json.loads(p.read_text())["epoch"] >= 1
-        for p in tmp_path.glob("outputs/*/*/checkpoint/state.json")
-    ):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.02)
-    lock = sqlite3.connect(db, timeout=60, isolation_level=None)
+    hold = Hold(tmp_path, "epoch-1")  # epoch 1 recorded, epochs 2 and 3 to come
+    proc = start_cli(
+        tmp_path, "experiment=quick", "trainer.epochs=3", "tracking.experiment=locked", env=hold.env
+    )
+    hold.wait(proc)
+    lock = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db", timeout=60, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        time.sleep(28)
+        hold.release()
+        time.sleep(28)  # past MLflow's busy timeout: the store stays locked that long
     finally:
         lock.execute("COMMIT")
         lock.close()

@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import cli_env, client_for, failure_report, run_cli, runs_of
+from tests.conftest import Hold, client_for, failure_report, run_cli, runs_of, start_cli
 from tests.servers import RayCluster
 
 SHORT = ["dataset=digits", "trainer.epochs=1"]
@@ -66,35 +61,23 @@ def test_a_sweep_runs_its_jobs_on_the_clusters_nodes(cluster, tmp_path):
 
 
 def test_a_node_that_dies_mid_sweep_costs_no_job_and_no_duplicate(tmp_path_factory, tmp_path):
-    """Stop the second node while its job trains: Ray runs the job again on the head, which
-    continues the job's run from its last checkpoint; the sweep ends with each job once.
-    (30 short epochs: the job must still be training when its node is stopped.)"""
+    """Stop the node a job trains on, held there after its epoch 2 (a named fault point,
+    armed in the jobs through the launcher's runtime_env): Ray runs the job again on a node
+    that joins later, which continues the job's run from its checkpoint; the sweep ends with
+    each job once. The head takes no job, so the job is on the node that is stopped."""
+    hold = Hold(tmp_path, "epoch-2", job=0)
+    in_jobs = "+hydra.launcher.ray.init.runtime_env.env_vars"
     ray = RayCluster(tmp_path_factory.mktemp("ray-home"), cpus=1)
     try:
-        ray.start(workers=1)
-        head = ray.head_node_id()
-        sweep = subprocess.Popen(
-            [sys.executable, "-m", "digitcnn.run", "-m", "hydra/launcher=ray",
-             "dataset=digits", "trainer.epochs=30", "seed=1,2"],
-            cwd=tmp_path,
-            env=cli_env(tmp_path) | {"RAY_ADDRESS": ray.address, "RAY_TMPDIR": str(ray.temp)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ray.start(workers=1, head_cpus=0)
+        sweep = start_cli(
+            tmp_path, "-m", "hydra/launcher=ray", *SHORT, "trainer.epochs=3", "seed=1,2",
+            *(f'{in_jobs}.{name}="{value}"' for name, value in hold.env.items()),
+            env={"RAY_ADDRESS": ray.address, "RAY_TMPDIR": str(ray.temp)},
         )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while True:
-            assert sweep.poll() is None and time.monotonic() < deadline, "no job to interrupt"
-            time.sleep(0.3)
-            _, children = children_and_parent(tmp_path) if _has_runs(tmp_path) else (None, [])
-            on_worker = [
-                c
-                for c in children
-                if c.data.tags.get("ray.node_id") not in (None, head)
-                and c.info.status == "RUNNING"
-                and _checkpointed(c)
-            ]
-            if on_worker:
-                break
-        ray.stop_node(ray.nodes[1])  # the second node, mid-job
+        hold.wait(sweep)
+        ray.stop_node(ray.nodes[1])  # the only node that runs jobs, mid-job
+        ray.add_node()
         output, _ = sweep.communicate(timeout=600)
     finally:
         ray.stop()
@@ -104,19 +87,10 @@ def test_a_node_that_dies_mid_sweep_costs_no_job_and_no_duplicate(tmp_path_facto
     counted = [c for c in children if c.data.tags.get("sweep.superseded") != "true"]
     assert sorted(c.data.params["seed"] for c in counted) == ["1", "2"]
     assert all(c.info.status == "FINISHED" for c in counted)
-    (interrupted,) = [c for c in counted if c.info.run_id == on_worker[0].info.run_id]
-    assert "resumed_after_epoch" in interrupted.data.tags
-
-
-def _has_runs(root) -> bool:
-    return (root / "mlruns" / "mlflow.db").is_file() and bool(
-        client_for(root).get_experiment_by_name("digitcnn")
-    )
-
-
-def _checkpointed(run) -> bool:
-    folder = Path(run.data.tags["hydra.output_dir"])
-    return (folder / "checkpoint" / "state.json").is_file()
+    (interrupted,) = [c for c in counted if c.data.tags["sweep.job"] == "0"]
+    assert interrupted.data.tags["resumed_after_epoch"] == "2"
+    history = client_for(tmp_path).get_metric_history(interrupted.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # every epoch once
 
 
 def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql_and_prune(
@@ -129,16 +103,15 @@ def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql_and_prune(
 
     database = postgres_cluster.database()
     sweep = [
-        sys.executable, "-m", "digitcnn.run", "-m", "hparams_search=optuna",
+        "-m", "hparams_search=optuna",
         "hydra/launcher=ray", "dataset=digits", "trainer.epochs=3",
         f"hydra.sweeper.storage={database}", "hydra.sweeper.study_name=shared",
         "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
         # past its first epoch only a trial that is the best so far there
         "hydra.sweeper.pruner.reduction_factor=100",
     ]  # fmt: skip
-    env = cli_env(tmp_path) | {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
-    run = {"cwd": tmp_path, "env": env, "stdout": subprocess.PIPE, "text": True}
-    procs = [subprocess.Popen(sweep, stderr=subprocess.STDOUT, **run) for _ in range(2)]
+    env = {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
+    procs = [start_cli(tmp_path, *sweep, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output[-4000:]
