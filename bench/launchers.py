@@ -72,7 +72,7 @@ def main() -> None:
         cluster = RayCluster(Path(home), cpus=args.parallel)
         try:
             cluster.start(workers=0)
-            ray_env = env | {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
+            ray_env = env | cluster.driver_env
             results["ray"] = run_sweep(["hydra/launcher=ray"], args, ray_env)
         finally:
             cluster.stop()

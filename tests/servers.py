@@ -249,11 +249,6 @@ class RayCluster:
     def nodes_alive(self) -> int:
         return int(self._ask("sum(n['Alive'] for n in ray.nodes())") or 0)
 
-    def head_node_id(self) -> str:
-        return self._ask(
-            "[n['NodeID'] for n in ray.nodes() if 'node:__internal_head__' in n['Resources']][0]"
-        )
-
     def start(self, workers: int = 1, head_cpus: int | None = None, timeout: float = 120) -> None:
         """The head (with `head_cpus` CPUs for jobs, if given: 0 keeps jobs off it) and
         `workers` more nodes, once all are up."""
@@ -261,26 +256,34 @@ class RayCluster:
         self._start(*head, cpus=head_cpus)
         for _ in range(workers):
             self._start("--address", self.address)
-        self._wait_for_nodes(1 + workers, timeout)
+        self._wait_for_nodes(timeout)
 
     def add_node(self, timeout: float = 120) -> None:
         """One more worker node, once it is up."""
         self._start("--address", self.address)
-        self._wait_for_nodes(sum(n.poll() is None for n in self.nodes), timeout)
+        self._wait_for_nodes(timeout)
 
-    def _wait_for_nodes(self, count: int, timeout: float) -> None:
+    def _wait_for_nodes(self, timeout: float) -> None:
+        """Until Ray counts every node of `self.nodes` alive."""
         deadline = time.monotonic() + timeout
-        while self.nodes_alive() < count:
-            assert self.nodes[-1].poll() is None, "a Ray node exited"
+        while self.nodes_alive() < len(self.nodes):
+            assert all(n.poll() is None for n in self.nodes), "a Ray node exited"
             assert time.monotonic() < deadline, "the Ray nodes did not come up"
             time.sleep(1)
 
+    @property
+    def driver_env(self) -> dict[str, str]:
+        """What a sweep's process needs in its environment to send its jobs here."""
+        return {"RAY_ADDRESS": self.address, "RAY_TMPDIR": str(self.temp)}
+
     def stop_node(self, node: subprocess.Popen) -> None:
+        """SIGKILL to the node's processes; it is no longer one of `self.nodes`."""
         if node.poll() is None:
             os.killpg(node.pid, signal.SIGKILL)
             node.wait()
+        self.nodes.remove(node)
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
+        for node in reversed(list(self.nodes)):
             self.stop_node(node)
         shutil.rmtree(self.temp, ignore_errors=True)

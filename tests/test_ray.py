@@ -39,7 +39,7 @@ def test_a_sweep_runs_its_jobs_on_the_clusters_nodes(cluster, tmp_path):
         "seed=1,2",
         "hydra.launcher.ray.remote.num_gpus=1",
         "tracking.register_as=ray-digits",
-        env={"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)},
+        env=cluster.driver_env,
         timeout=600,
     )
     assert proc.returncode == 0, failure_report(proc)
@@ -73,7 +73,7 @@ def test_a_node_that_dies_mid_sweep_costs_no_job_and_no_duplicate(tmp_path_facto
         sweep = start_cli(
             tmp_path, "-m", "hydra/launcher=ray", *SHORT, "trainer.epochs=3", "seed=1,2",
             *(f'{in_jobs}.{name}="{value}"' for name, value in hold.env.items()),
-            env={"RAY_ADDRESS": ray.address, "RAY_TMPDIR": str(ray.temp)},
+            env=ray.driver_env,
         )  # fmt: skip
         hold.wait(sweep)
         ray.stop_node(ray.nodes[1])  # the only node that runs jobs, mid-job
@@ -110,8 +110,7 @@ def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql_and_prune(
         # past its first epoch only a trial that is the best so far there
         "hydra.sweeper.pruner.reduction_factor=100",
     ]  # fmt: skip
-    env = {"RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp)}
-    procs = [start_cli(tmp_path, *sweep, env=env) for _ in range(2)]
+    procs = [start_cli(tmp_path, *sweep, env=cluster.driver_env) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output[-4000:]
