@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from tests.conftest import Hold, client_for, failure_report, run_cli, start_cli
+from tests.study_openers import open_all_at_once
 
 # Digits, 3 epochs; successive halving with a reduction factor this large lets a trial past
 # its first epoch only when it is the best so far there: trial 0 completes, most others stop.
@@ -230,41 +231,13 @@ def test_no_private_optuna_module_is_imported():
     assert not private
 
 
-def _open_study_storage(url: str, start, said) -> None:
-    """In a process of its own: wait for the others, then open the study database at `url`."""
-    from digitcnn.sweeps.search.storage import open_storage
-
-    start.wait()
-    try:
-        open_storage(url)
-        said.put("opened")
-    except Exception as exc:  # what the process would have died of
-        said.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-
-
-def _open_all_at_once(url: str, processes: int = 4) -> list[str]:
-    import multiprocessing
-
-    spawn = multiprocessing.get_context("spawn")  # fresh interpreters, like separate searches
-    start, said = spawn.Barrier(processes), spawn.Queue()
-    openers = [
-        spawn.Process(target=_open_study_storage, args=(url, start, said)) for _ in range(processes)
-    ]
-    for opener in openers:
-        opener.start()
-    answers = [said.get(timeout=120) for _ in openers]
-    for opener in openers:
-        opener.join(timeout=60)
-    return answers
-
-
 @pytest.mark.new_store
 def test_processes_opening_a_new_sqlite_study_database_at_once_all_get_it(tmp_path):
     """Two searches (or a search and a reader) starting on one store: before the fix, all but
     one died on `table studies already exists` in almost every round."""
     for attempt in range(3):
         database = tmp_path / f"store{attempt}" / "optuna.db"
-        assert _open_all_at_once(f"sqlite:///{database}") == ["opened"] * 4
+        assert open_all_at_once(f"sqlite:///{database}") == ["opened"] * 4
         assert [p.name for p in database.parent.iterdir()] == ["optuna.db"]  # no drafts left
         study = optuna.create_study(storage=f"sqlite:///{database}")
         assert study.get_trials() == []
@@ -274,7 +247,7 @@ def test_processes_opening_a_new_postgresql_study_database_at_once_all_get_it(po
     """The same on a team's PostgreSQL (before the fix: `duplicate key value violates unique
     constraint "pg_type_typname_nsp_index"` for all but one)."""
     database = postgres_cluster.database()
-    assert _open_all_at_once(str(database)) == ["opened"] * 4
+    assert open_all_at_once(str(database)) == ["opened"] * 4
     assert optuna.get_all_study_names(str(database)) == []
 
 

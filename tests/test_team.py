@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import Hold, cli_env, failure_report, run_cli, wait_for_epoch
+from tests.conftest import Hold, cli_env, failure_report, run_cli, start_cli, wait_for_epoch
 from tests.servers import ADMIN, ADMIN_PASSWORD, TeamServer, postgres, postgres_bin
 from tests.teammates import ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD, SHORT, as_user, client
 
@@ -104,13 +104,10 @@ def _start_training(team: TeamServer, root: Path, experiment: str, epochs: int, 
     """A run by alice into the team server, held once its first epoch is recorded there
     (`hold.wait`), to go on when the test has stopped the server (`hold.release`)."""
     hold = Hold(root, "epoch-1")
-    job = subprocess.Popen(
-        [sys.executable, "-m", "digitcnn.run", "dataset=digits", "trainer=fast",
-         f"trainer.epochs={epochs}", f"tracking.uri={team.url}",
-         f"tracking.experiment={experiment}", *extra],
-        cwd=root,
-        env=cli_env(root) | as_user(ALICE, ALICE_PASSWORD) | hold.env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    job = start_cli(
+        root, "dataset=digits", "trainer=fast", f"trainer.epochs={epochs}",
+        f"tracking.uri={team.url}", f"tracking.experiment={experiment}", *extra,
+        env=as_user(ALICE, ALICE_PASSWORD) | hold.env,
     )  # fmt: skip
     hold.wait(job)
     return job, hold
