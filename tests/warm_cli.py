@@ -65,6 +65,7 @@ def _preload() -> bool:
     import mlflow.pyfunc  # a single run's recorder is forked from the command
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (a sweep records in it)
     import omegaconf  # noqa: F401
+    import optuna.visualization.matplotlib  # noqa: F401  (a search's, and its report's plots)
     import seaborn  # noqa: F401
     import sklearn.metrics  # noqa: F401
     import tensorflow as tf
