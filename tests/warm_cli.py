@@ -10,8 +10,10 @@ standard streams, folder, environment and process group, and runs the module as 
 does, to a normal interpreter exit (atexit handlers, threads joined): a real process with its
 own pid, signals and exit status. MLflow and its SQL store are imported too: a single run's
 recorder process is forked from the command (digitcnn/tracking/recorder_start.py), a sweep
-records from it. Of digitcnn only the package and `digitcnn.core.runtime` are imported before
-the fork; the rest is imported by each child.
+records from it; so are Optuna and its plots, which every search's commands import. Of digitcnn
+only the package and `digitcnn.core.runtime` are imported before the fork; the rest is imported
+by each child. What was imported is then frozen (`gc.freeze`): no child's garbage collector
+walks it.
 
 What a fork cannot show is the cold start itself: a backend chosen by `backend=` or
 `KERAS_BACKEND`, what the imports print, a command whose imports a test changes
