@@ -27,6 +27,7 @@ from pathlib import Path
 # Before Keras (which writes ~/.keras/keras.json on import) or MLflow are imported.
 REAL_HOME = Path.home()
 os.environ["HOME"] = tempfile.mkdtemp(prefix="digitcnn-test-home-")
+atexit.register(shutil.rmtree, os.environ["HOME"], ignore_errors=True)
 # Every command in a new interpreter, none forked from the warm one (tests/warm_cli.py).
 FRESH_ENV = "DIGITCNN_TEST_FRESH_INTERPRETER"
 ALL_FRESH = os.environ.get(FRESH_ENV) == "1"
@@ -39,6 +40,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 # Matplotlib's font cache is shared by the session's processes: not the user's, built once.
 os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="digitcnn-test-mpl-")
+atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
