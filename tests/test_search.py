@@ -78,6 +78,12 @@ def test_a_search_prunes_hopeless_trials_and_records_each_as_a_child_run(tmp_pat
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
     assert parent.data.tags["optuna.pruner"] == "SuccessiveHalvingPruner"
+    # What the search was, beyond its jobs' overrides: its sampler, pruner, budget and space.
+    settings = parent.data.params
+    assert settings["hydra.sweeper.sampler.seed"] == "1234"
+    assert settings["hydra.sweeper.pruner.reduction_factor"] == "100"
+    assert settings["hydra.sweeper.n_trials"] == "5"
+    assert settings["hydra.sweeper.params.optimizer.lr"] == "tag(log, interval(0.0001, 0.03))"
     by_trial = {int(c.data.tags["optuna.trial"]): c for c in children}
     assert sorted(by_trial) == sorted(states)
     for trial in trials:

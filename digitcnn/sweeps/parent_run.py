@@ -51,6 +51,17 @@ def _sweep_to_resume(store, target: str) -> str:
     return run.info.run_id
 
 
+def _sweeper_settings(config: DictConfig) -> dict[str, str]:
+    """What a sweep is, beyond its jobs' overrides: the sweeper's settings (a search's space,
+    sampler and its seed, pruner and its rates, number of trials), as the parent run's params."""
+    from digitcnn import tracking
+
+    settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+    settings.pop("trial", None)  # the search's jobs', not the sweep's
+    flat = tracking.flatten(settings, "hydra.sweeper.")
+    return {key: tracking.redact(value) for key, value in flat.items()}
+
+
 def _tracking(config: DictConfig) -> TrackingConfig:
     return OmegaConf.to_object(config.tracking)
 
@@ -151,7 +162,7 @@ class MlflowSweepCallback(Callback):
             records.reopen_parent_run(store, run_id)
         else:
             self._held.enter_context(writing(sweep_dir, "hydra.sweep.dir"))
-            run_id = records.open_parent_run(store, name, tags)
+            run_id = records.open_parent_run(store, name, tags, _sweeper_settings(config))
         write_parent_run_id(sweep_dir, run_id)
         self._unhook = [
             stops.before_stopping(lambda signum: _let_jobs_close(config, run_id, signum)),

@@ -21,11 +21,22 @@ from digitcnn.tracking.store import Store, client_for
 log = logging.getLogger("digitcnn")
 
 
-def open_parent_run(store: Store, run_name: str, tags: Mapping[str, str]) -> str:
-    """Create a sweep's parent run in `store` (from `preflight`), left RUNNING until
-    `end_parent_run`; returns its id."""
+def open_parent_run(
+    store: Store, run_name: str, tags: Mapping[str, str], params: Mapping[str, str]
+) -> str:
+    """Create a sweep's parent run in `store` (from `preflight`) with the sweep's own settings
+    as its params, left RUNNING until `end_parent_run`; returns its id. A run that could not
+    take its params ends FAILED at once, not RUNNING with half its record."""
+    from mlflow.entities import Param
+
     run = store.client.create_run(store.experiment_id, run_name=run_name, tags=dict(tags))
-    return run.info.run_id
+    run_id = run.info.run_id
+    try:
+        store.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    except BaseException:
+        store.client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
 
 
 def find_parent_run(store: Store, sweep_dir: str) -> str | None:
