@@ -108,7 +108,7 @@ def test_two_optuna_sweeps_on_ray_share_one_study_in_postgresql_and_prune(
         f"hydra.sweeper.storage={database}", "hydra.sweeper.study_name=shared",
         "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
         # past its first epoch only a trial that is the best so far there
-        "hydra.sweeper.pruner.reduction_factor=100",
+        "hydra.sweeper.pruner.reduction_factor=100", "hydra.sweeper.pruner.n_startup_trials=0",
     ]  # fmt: skip
     procs = [start_cli(tmp_path, *sweep, env=cluster.driver_env) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]

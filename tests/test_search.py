@@ -16,8 +16,9 @@ import pytest
 from tests.conftest import Hold, client_for, failure_report, run_cli, start_cli
 from tests.study_openers import open_all_at_once
 
-# Digits, 3 epochs; successive halving with a reduction factor this large lets a trial past
-# its first epoch only when it is the best so far there: trial 0 completes, most others stop.
+# Digits, 3 epochs; successive halving with a reduction factor this large, sparing no first
+# trials, lets a trial past its first epoch only when it is the best so far there: trial 0
+# completes, most others stop.
 SEARCH = (
     "hparams_search=optuna",
     "experiment=quick",
@@ -28,6 +29,7 @@ SEARCH = (
 PRUNE_HARD = (
     "hydra/sweeper/pruner=successive_halving",
     "hydra.sweeper.pruner.reduction_factor=100",
+    "hydra.sweeper.pruner.n_startup_trials=0",
 )
 
 
@@ -201,6 +203,14 @@ def test_a_second_objective_gives_a_pareto_front(tmp_path):
         ("hydra.sweeper.storage=nowhere", "hydra.sweeper.storage='nowhere' is not allowed"),
         ("model.dropout=interval(0.5,0.1)", "hydra.sweeper.params.model.dropout"),
         ("hydra.sweeper.n_trials=0", "both at least 1"),
+        (  # a pruner's setting, refused where the pruner is made
+            "hydra.sweeper.pruner.n_startup_trials=-1",
+            "hydra.sweeper.pruner: n_startup_trials must be >= 0, got -1",
+        ),
+        (
+            "hydra.sweeper.pruner.reduction_factor=1",
+            "hydra.sweeper.pruner: The value of `reduction_factor` is 1, but must be",
+        ),
     ],
 )
 def test_bad_search_settings_are_one_line_before_any_run(tmp_path, setting, message):

@@ -602,3 +602,23 @@ def test_a_fit_stopped_early_keeps_the_weight_average_its_last_epoch_validated()
     train(model, data, AdamConfig(ema_momentum=0.9), TrainerConfig(epochs=3), [stopper])
     for kept, validated in zip(model.trainable_weights, stopper.validated, strict=True):
         np.testing.assert_array_equal(np.asarray(kept), validated)
+
+
+@pytest.mark.parametrize("spared", [0, 2])
+def test_successive_halving_spares_the_first_trials_and_ranks_later_ones_against_them(spared):
+    import optuna
+
+    from digitcnn.sweeps.search.pruners import SuccessiveHalvingPruner
+
+    pruner = SuccessiveHalvingPruner(n_startup_trials=spared, min_resource=1, reduction_factor=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    stopped = []
+    for first_epoch in (0.90, 0.50, 0.70):  # trial 1 behind trial 0, trial 2 between them
+        trial = study.ask()
+        trial.report(first_epoch, 1)
+        stopped.append(trial.should_prune())
+    # Only the best of three goes past the first rung; trial 1's value counted as a competitor.
+    assert stopped == [False, spared < 2, True]
+    assert [t.system_attrs.get("completed_rung_0") for t in study.trials] == [0.90, 0.50, 0.70]
+    with pytest.raises(ValueError, match="n_startup_trials"):
+        SuccessiveHalvingPruner(n_startup_trials=-1)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.core.plugins import Plugins
+from hydra.errors import InstantiationException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
@@ -285,7 +287,14 @@ def preflight(config: DictConfig) -> None:
 
     settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
     settings["_target_"] = f"{__name__}.OptunaSearch"
-    instantiate(settings).check(list(config.hydra.overrides.task), config.objective)
+    try:
+        search = instantiate(settings)
+    except InstantiationException as exc:  # Optuna's (or our) refusal of a sampler's or
+        key = re.search(r"full_key: (\S+)", str(exc))  # pruner's setting: one line naming it
+        raise InputError(
+            f"hydra.sweeper.{key.group(1) if key else '...'}: {exc.__cause__ or exc}"
+        ) from None
+    search.check(list(config.hydra.overrides.task), config.objective)
 
 
 def _values(ret, run, second: str | None) -> list[float] | None:
