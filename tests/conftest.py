@@ -46,7 +46,7 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from digitcnn.core import paths  # noqa: E402
+from digitcnn.core import faults, paths  # noqa: E402
 from digitcnn.core.config import register_configs  # noqa: E402
 from digitcnn.tracking.service import NAME as RECORDER_NAME  # noqa: E402
 from tests.warm_cli import (  # noqa: E402
@@ -369,14 +369,19 @@ def wait_for_epoch(root: Path, epoch: int, proc: subprocess.Popen, timeout: floa
 
 class Hold:
     """A run held at a named fault point (`DIGITCNN_FAULT=POINT:HOLD`, digitcnn.core.faults):
-    `env` arms it (in sweep job `job` only, if given); `wait(proc)` returns the pid of the
-    process waiting there; `release()` lets it go on. Whatever the test does in between
-    happens exactly at that point."""
+    `env` arms it (in sweep job `job` only, if given; `Hold.together` arms several);
+    `wait(proc)` returns the pid of the process waiting there; `release()` lets it go on.
+    Whatever the test does in between happens exactly at that point."""
 
     def __init__(self, folder: Path, point: str, job: int | None = None) -> None:
-        self.file = folder / f"held-{point}"
-        fault = f"{point}:HOLD" if job is None else f"{point}:HOLD@job{job}"
-        self.env = {"DIGITCNN_FAULT": fault, "DIGITCNN_FAULT_HOLD": str(self.file)}
+        self.file = faults.hold_file(folder, point, job)
+        self.fault = f"{point}:HOLD" if job is None else f"{point}:HOLD@job{job}"
+        self.env = {faults.ENV: self.fault, faults.HOLD_FOLDER_ENV: str(folder)}
+
+    @staticmethod
+    def together(*holds: Hold) -> dict[str, str]:
+        """The environment that arms all of `holds` (made with the same folder)."""
+        return holds[0].env | {faults.ENV: ",".join(hold.fault for hold in holds)}
 
     def wait(self, proc: subprocess.Popen, timeout: float = 240) -> int:
         deadline = time.monotonic() + timeout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -622,3 +624,21 @@ def test_successive_halving_spares_the_first_trials_and_ranks_later_ones_against
     assert [t.system_attrs.get("completed_rung_0") for t in study.trials] == [0.90, 0.50, 0.70]
     with pytest.raises(ValueError, match="n_startup_trials"):
         SuccessiveHalvingPruner(n_startup_trials=-1)
+
+
+def test_several_fault_points_fire_each_once_in_its_own_job(tmp_path, monkeypatch):
+    from digitcnn.core import faults
+
+    fired = []
+    monkeypatch.setattr(faults, "_hold", lambda release: fired.append(release.name))
+    monkeypatch.setenv(faults.HOLD_FOLDER_ENV, str(tmp_path))
+    monkeypatch.setenv(faults.ENV, "opened:HOLD@job0,epoch-2:HOLD@job1,closed:HOLD")
+    faults.point("opened", job=1)  # armed for job 0 only
+    faults.point("epoch-2", job=0)
+    assert fired == []
+    faults.point("opened", job=0)
+    faults.point("opened", job=0)  # once
+    faults.point("epoch-2", job=1)
+    faults.point("closed", job=3)  # any job
+    assert fired == ["held-opened-job0", "held-epoch-2-job1", "held-closed"]
+    assert os.environ[faults.ENV] == ""

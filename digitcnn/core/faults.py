@@ -4,21 +4,24 @@ probably lands.
 A run passes `point(NAME)` at each boundary between the steps of its life (see
 digitcnn.tracking.ledger): `opened`, `epoch-N` (epoch N checkpointed and handed to the
 recorder), `trained`, `tested`, `model`, `results`, `closed`; and, inside an epoch,
-`mid-epoch-N` (after half of epoch N's batches). A point does nothing unless the environment
-variable DIGITCNN_FAULT names it:
+`mid-epoch-N` (after half of epoch N's batches). A job of a sweep on Slurm passes `started`
+first, once its stop signals are in place, before Hydra composes its config. A point does
+nothing unless the environment variable DIGITCNN_FAULT names it:
 
     DIGITCNN_FAULT=tested:SIGKILL           # killed once the test metrics are recorded
     DIGITCNN_FAULT=epoch-2:SIGTERM@job1     # in a sweep, job 1 only (a search's trial 1)
-    DIGITCNN_FAULT=mid-epoch-2:HOLD         # waits there while DIGITCNN_FAULT_HOLD exists
+    DIGITCNN_FAULT=mid-epoch-2:HOLD         # waits there (see below)
+    DIGITCNN_FAULT=opened:HOLD@job0,epoch-2:HOLD@job1   # several, each fired once
 
 The point first waits until the records handed over so far are written (`settle`, the
 recorder's), so that "after tested" means the store has them; then the process sends itself
 the signal. A SIGTERM then takes the path any SIGTERM takes (digitcnn.core.stops); a SIGKILL
 ends the process on the spot, as the kernel's OOM killer or a scheduler's last word would.
 
-HOLD is for what happens from outside: the process writes its pid to the file named by
-DIGITCNN_FAULT_HOLD and waits there, exactly at the point, until that file is removed (the
-test's "go on") or a signal stops it (the test's SIGTERM, its sweep's watch, a scheduler).
+HOLD is for what happens from outside: the process writes its pid to the file
+`held-POINT` (`held-POINT-jobN` for job N) in the folder named by DIGITCNN_FAULT_HOLD and waits
+there, exactly at the point, until that file is removed (the test's "go on") or a signal stops
+it (the test's SIGTERM, its sweep's watch, a scheduler).
 So a test kills a sweep, a recorder or a server while a job is known to be mid-epoch, with no
 slow run and no sleep.
 
@@ -34,44 +37,54 @@ from collections.abc import Callable
 from pathlib import Path
 
 ENV = "DIGITCNN_FAULT"
-HOLD_FILE_ENV = "DIGITCNN_FAULT_HOLD"
+HOLD_FOLDER_ENV = "DIGITCNN_FAULT_HOLD"
 HOLD = "HOLD"
 
 
-def _armed() -> tuple[str, str, int | None] | None:
-    """The fault asked for: (point, signal name or HOLD, job number or None for any job)."""
-    spec = os.environ.get(ENV, "").strip()
-    if not spec:
-        return None
-    where, _, how = spec.partition(":")
-    how, _, job = how.partition("@job")
-    how = how or "SIGKILL"
-    if how != HOLD:
-        signal.Signals[how]  # a KeyError names a signal that does not exist
-    return where, how, int(job) if job else None
+def _armed() -> list[tuple[str, str, int | None]]:
+    """The faults asked for: (point, signal name or HOLD, job number or None for any job)."""
+    armed = []
+    for spec in os.environ.get(ENV, "").split(","):
+        where, _, how = spec.strip().partition(":")
+        if not where:
+            continue
+        how, _, job = how.partition("@job")
+        how = how or "SIGKILL"
+        if how != HOLD:
+            signal.Signals[how]  # a KeyError names a signal that does not exist
+        armed.append((where, how, int(job) if job else None))
+    return armed
 
 
 def armed_inside_epochs() -> bool:
-    """Whether the armed point is one inside an epoch (`mid-epoch-N`): only then does
+    """Whether an armed point is one inside an epoch (`mid-epoch-N`): only then does
     training watch its batches."""
-    armed = _armed()
-    return armed is not None and armed[0].startswith("mid-epoch-")
+    return any(where.startswith("mid-epoch-") for where, _, _ in _armed())
+
+
+def _spec(where: str, how: str, job: int | None) -> str:
+    return f"{where}:{how}" if job is None else f"{where}:{how}@job{job}"
+
+
+def hold_file(folder: Path, name: str, job: int | None = None) -> Path:
+    """The file a process held at point `name` (of job `job`) waits on."""
+    return folder / (f"held-{name}" if job is None else f"held-{name}-job{job}")
 
 
 def point(name: str, settle: Callable[[], object] | None = None, job: int | None = None) -> None:
     """A boundary named `name` (of sweep job `job`, if in a sweep): fire the fault armed here,
     after `settle()` has made the records handed over so far durable."""
     armed = _armed()
-    if armed is None:
+    here = [f for f in armed if f[0] == name and f[2] in (None, job)]
+    if not here:
         return
-    where, how, only_job = armed
-    if where != name or (only_job is not None and only_job != job):
-        return
+    _, how, only_job = here[0]
     if settle is not None:
         settle()
-    os.environ.pop(ENV, None)  # once: a resume in this process, or a later job, goes on
+    armed.remove(here[0])  # once: a resume in this process, or a later job, goes on
+    os.environ[ENV] = ",".join(_spec(*fault) for fault in armed)
     if how == HOLD:
-        _hold(Path(os.environ[HOLD_FILE_ENV]))
+        _hold(hold_file(Path(os.environ[HOLD_FOLDER_ENV]), name, only_job))
     else:
         os.kill(os.getpid(), signal.Signals[how])
 
