@@ -124,7 +124,9 @@ class SlurmCluster:
             f"AccountingStoragePass={self.munge_socket}\n"
             "SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n"
             "SchedulerParameters=sched_interval=5,bf_interval=5\n"
-            "MinJobAge=3600\nKillWait=10\nMailProg=/bin/true\nReturnToService=2\n"
+            # KillWait: Slurm's default, as on clusters; a stopped job closes its run within
+            # digitcnn's 15 s grace (a shorter one would kill a job that closes slowly)
+            "MinJobAge=3600\nKillWait=30\nMailProg=/bin/true\nReturnToService=2\n"
             "PreemptType=preempt/partition_prio\nPreemptMode=REQUEUE\n"
             "SlurmctldParameters=preempt_send_user_signal\n"
             "NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 Sockets=1 CoresPerSocket=2 "

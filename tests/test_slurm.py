@@ -227,20 +227,28 @@ def test_submitit_local_runs_a_sweep_without_slurm(tmp_path):
     assert not any(k.startswith("slurm.") for c in children for k in c.data.tags)
 
 
-def test_a_stopped_sweep_cancels_its_slurm_jobs(tmp_path, slurm):
-    """SIGTERM to the sweep's own process (Ctrl-C alike) while both jobs train: it cancels
-    them, their runs end KILLED, and the parent KILLED with the `resume=` line."""
-    hold = Hold(tmp_path, "epoch-2", job=1)
-    proc = start_cli(tmp_path, *SWEEP, "seed=1,2", env=slurm.env | hold.env)
-    hold.wait(proc)
+@pytest.mark.parametrize("first_at", ["started", "opened"])
+def test_a_stopped_sweep_cancels_its_slurm_jobs(tmp_path, slurm, first_at):
+    """SIGTERM to the sweep's own process (Ctrl-C alike) while job 1 trains (held after epoch
+    2) and job 0 has just started (before Hydra composes its config, where submitit would
+    ignore the SIGTERM) or has just opened its run: it cancels both, their runs end KILLED
+    (job 0, not started, opened none), and the parent ends KILLED with the `resume=` line."""
+    holds = Hold(tmp_path, first_at, job=0), Hold(tmp_path, "epoch-2", job=1)
+    proc = start_cli(tmp_path, *SWEEP, "seed=1,2", env=slurm.env | Hold.together(*holds))
+    for hold in holds:
+        hold.wait(proc)
     proc.terminate()
     out, _ = proc.communicate(timeout=TIMEOUT)
-    hold.release()
     assert proc.returncode == 143, out
     assert out.strip().splitlines()[-1].startswith("stopped by SIGTERM: sweep run "), out
     assert slurm.jobs() == []  # none left pending or running
-    _, parent, children = _children(tmp_path)
+    client, parent, children = _children(tmp_path)
     assert parent.info.status == "KILLED"
-    ended = [c.info.status for c in children]
-    assert len(ended) == 2 and set(ended) <= {"KILLED", "FINISHED"}, (ended, _logs(tmp_path))
-    assert ended[1] == "KILLED"
+    logs = _logs(tmp_path)
+    ended = {c.data.tags["sweep.job"]: (c.info.status, _steps(client, c)) for c in children}
+    if first_at == "started":
+        assert ended == {"1": ("KILLED", [1, 2])}, logs
+        assert "stopped by SIGTERM: no run was opened" in _log(_job_folder(tmp_path, 0)), logs
+    else:
+        assert ended == {"0": ("KILLED", []), "1": ("KILLED", [1, 2])}, logs
+    assert "Traceback" not in logs

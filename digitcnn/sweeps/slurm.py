@@ -34,15 +34,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from digitcnn.core import stops
+from digitcnn.core import faults, stops
 
 JOBS_END_SECONDS = 30.0  # how long a stopped sweep waits for its cancelled jobs to end
 POLL_SECONDS = 2.0
 
 
 def run_in_job(call: Callable[..., Any], *args: Any) -> Any:
-    """`call(*args)` (the launcher's job: Hydra's run of digitcnn's task) with Slurm's warning
-    as a stop; after a stop, one line and an exit without a result (requeued first on USR2)."""
+    """`call(*args)` (the launcher's job: Hydra's run of digitcnn's task, `args[2]` its number)
+    with Slurm's warning as a stop; after a stop, one line and an exit without a result
+    (requeued first on USR2)."""
+    # First thing: submitit ignores SIGTERM (it logs it and goes on), so a job cancelled while
+    # Hydra composes its config would open its run anyway and be killed in it, leaving it open.
+    stops.install()
     requeue = stops.add_stop_signal(signal.SIGUSR2)  # submitit's checkpoint_and_try_requeue
     # submitit logs each SIGCONT (which Slurm sends with every requeue and cancel) from its
     # handler: a log write that interrupts another fails as reentrant, with a traceback.
@@ -51,6 +55,7 @@ def run_in_job(call: Callable[..., Any], *args: Any) -> Any:
     # filtered in the sweep's process by digitcnn.run, here in each job's
     warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
     try:
+        faults.point("started", job=args[2])
         return call(*args)
     except stops.Stopped as stop:
         stops.shield()
@@ -80,7 +85,7 @@ def launch(launcher: Any, launch_jobs: Callable, job_overrides: Sequence, first:
     except UncompletedJobError as error:
         what = _what_ended(str(error))
         _say(f"sweep: {what}; waiting for its other jobs to end")
-        while _unended(folder):
+        while _unended(folder) != []:
             time.sleep(POLL_SECONDS)
         raise stops.StoppedByScheduler(what) from None
     finally:
@@ -99,8 +104,9 @@ def _job_ids(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name))
 
 
-def _unended(folder: Path) -> list[str]:
-    """The jobs of the sweep that Slurm still lists (pending, running, requeued)."""
+def _unended(folder: Path) -> list[str] | None:
+    """The jobs of the sweep that Slurm still lists (pending, running, requeued, completing);
+    None when Slurm did not answer (a busy controller): not known to have ended."""
     ids = _job_ids(folder)
     if not ids:
         return []
@@ -110,19 +116,22 @@ def _unended(folder: Path) -> list[str]:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
-        return []
+        return None
+    if listed.returncode != 0:  # none of them known any more (purged after MinJobAge): ended
+        return [] if "Invalid job id" in listed.stderr else None
     return listed.stdout.split()
 
 
 def _cancel(folder: Path) -> None:
-    """Cancel the sweep's jobs (SIGTERM: their runs end KILLED) and wait for them to end."""
-    ids = _unended(folder)
+    """Cancel the sweep's jobs (SIGTERM: their runs end KILLED) and wait for them to end:
+    a job is ended once Slurm has killed what its SIGTERM did not stop (after KillWait)."""
+    ids = _job_ids(folder)
     if not ids:
         return
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # ended ones are told apart
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
     deadline = time.monotonic() + JOBS_END_SECONDS
-    while time.monotonic() < deadline and _unended(folder):
+    while time.monotonic() < deadline and _unended(folder) != []:
         time.sleep(POLL_SECONDS / 4)
 
 
