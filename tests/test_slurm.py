@@ -6,6 +6,8 @@ once, one line in its log, the sweep's parent FINISHED at the end."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ SWEEP = (
     "experiment=quick",
     "trainer.epochs=3",
 )
+LOCAL = ("-m", "hydra/launcher=submitit_local", "experiment=quick")  # no Slurm needed
 TIMEOUT = 300
 
 
@@ -218,13 +221,30 @@ def test_a_cancelled_job_stops_the_sweep_which_resumes_on_slurm(tmp_path, slurm)
 
 
 def test_submitit_local_runs_a_sweep_without_slurm(tmp_path):
-    proc = run_cli(tmp_path, "-m", "hydra/launcher=submitit_local", "experiment=quick", "seed=1,2")
+    proc = run_cli(tmp_path, *LOCAL, "seed=1,2")
     assert proc.returncode == 0, failure_report(proc)
     _, parent, children = _children(tmp_path)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["sweep.launcher"] == "LocalLauncher"
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
     assert not any(k.startswith("slurm.") for c in children for k in c.data.tags)
+
+
+def test_a_submitit_local_job_killed_outright_stops_the_sweep_with_one_line(tmp_path):
+    """SIGKILL to job 1's process, held after epoch 2 (the OOM killer alike): no Slurm to ask,
+    the sweep stops at once with one line once job 0 has finished, the killed run KILLED."""
+    hold = Hold(tmp_path, "epoch-2", job=1)
+    proc = start_cli(tmp_path, *LOCAL, "trainer.epochs=3", "seed=1,2", env=hold.env)
+    os.kill(hold.wait(proc), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143, out
+    last = out.strip().splitlines()[-1]
+    assert re.match(r"stopped by the job in process \d+ ended without a result \(killed\): ", last)
+    assert "resume=" in last and "Slurm" not in out, out
+    client, parent, children = _children(tmp_path)
+    assert parent.info.status == "KILLED"
+    ended = [(c.info.status, _steps(client, c)) for c in children]
+    assert ended == [("FINISHED", [1, 2, 3]), ("KILLED", [1, 2])]
 
 
 @pytest.mark.parametrize("first_at", ["started", "opened"])

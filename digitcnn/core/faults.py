@@ -5,7 +5,8 @@ A run passes `point(NAME)` at each boundary between the steps of its life (see
 digitcnn.tracking.ledger): `opened`, `epoch-N` (epoch N checkpointed and handed to the
 recorder), `trained`, `tested`, `model`, `results`, `closed`; and, inside an epoch,
 `mid-epoch-N` (after half of epoch N's batches). A job of a sweep on Slurm passes `started`
-first, once its stop signals are in place, before Hydra composes its config. A point does
+first, once its stop signals are in place, before Hydra composes its config (its `@jobN` is
+Hydra's job number; the others' is a search's trial number). A point does
 nothing unless the environment variable DIGITCNN_FAULT names it:
 
     DIGITCNN_FAULT=tested:SIGKILL           # killed once the test metrics are recorded

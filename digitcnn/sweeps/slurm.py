@@ -36,7 +36,10 @@ from typing import Any
 
 from digitcnn.core import faults, stops
 
-JOBS_END_SECONDS = 30.0  # how long a stopped sweep waits for its cancelled jobs to end
+# How long a stopped sweep waits for its cancelled jobs to end: past Slurm's default KillWait
+# (30 s), after which Slurm kills what its SIGTERM did not stop.
+JOBS_END_SECONDS = 45.0
+UNANSWERED_SECONDS = 300.0  # how long a sweep waits on a Slurm controller that does not answer
 POLL_SECONDS = 2.0
 
 
@@ -75,18 +78,21 @@ def _say(line: str) -> None:
 
 def launch(launcher: Any, launch_jobs: Callable, job_overrides: Sequence, first: int) -> list:
     """The launcher's `launch_jobs(job_overrides, first)`; a job that ended without a result
-    (cancelled, out of requeues, killed) stops the sweep once the others have ended."""
+    (cancelled, out of requeues, killed) stops the sweep once the others have ended. On Slurm
+    only: `submitit_local`'s jobs are this process's children, stopped as a joblib worker is
+    (digitcnn.sweeps.parent_run), and its folders are named by process ids, not Slurm's."""
     from submitit.core.utils import UncompletedJobError
 
+    on_slurm = getattr(launcher, "_EXECUTOR", None) == "slurm"
     folder = _jobs_folder(launcher)
-    unhook = stops.before_stopping(lambda signum: _cancel(folder))
+    unhook = stops.before_stopping(lambda signum: _cancel(folder)) if on_slurm else lambda: None
     try:
         return launch_jobs(job_overrides, first)
     except UncompletedJobError as error:
-        what = _what_ended(str(error))
-        _say(f"sweep: {what}; waiting for its other jobs to end")
-        while _unended(folder) != []:
-            time.sleep(POLL_SECONDS)
+        what = _what_ended(str(error), on_slurm)
+        if on_slurm:
+            _say(f"sweep: {what}; waiting for its other jobs to end")
+            _wait_ended(folder, deadline=None)
         raise stops.StoppedByScheduler(what) from None
     finally:
         unhook()
@@ -130,14 +136,36 @@ def _cancel(folder: Path) -> None:
         return
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # ended ones are told apart
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
-    deadline = time.monotonic() + JOBS_END_SECONDS
-    while time.monotonic() < deadline and _unended(folder) != []:
-        time.sleep(POLL_SECONDS / 4)
+    _wait_ended(folder, deadline=time.monotonic() + JOBS_END_SECONDS, every=POLL_SECONDS / 4)
 
 
-def _what_ended(message: str) -> str:
-    """One line from submitit's error for a job without a result."""
+def _wait_ended(folder: Path, deadline: float | None, every: float = POLL_SECONDS) -> None:
+    """Wait until Slurm lists none of the sweep's jobs, or until `deadline` (None: as long as
+    they run); a controller that has not answered for UNANSWERED_SECONDS ends the wait, with a
+    line."""
+    unanswered_since = None
+    while deadline is None or time.monotonic() < deadline:
+        listed = _unended(folder)
+        if listed == []:
+            return
+        if listed is not None:
+            unanswered_since = None
+        elif unanswered_since is None:
+            unanswered_since = time.monotonic()
+        elif time.monotonic() - unanswered_since > UNANSWERED_SECONDS:
+            _say(f"sweep: Slurm did not answer `squeue` for {UNANSWERED_SECONDS:.0f} s; "
+                 "not waiting longer for its jobs to end")  # fmt: skip
+            return
+        time.sleep(every)
+
+
+def _what_ended(message: str, on_slurm: bool = True) -> str:
+    """One line from submitit's error for a job without a result (on `submitit_local`, whose
+    job ids are process ids, a job that ended so was killed: it had no stop to say)."""
     job = re.search(r"Job (\S+)", message)
+    if not on_slurm:
+        where = f"in process {job.group(1)} " if job else ""
+        return f"the job {where}ended without a result (killed)"
     name = f"Slurm job {job.group(1)}" if job else "a Slurm job"
     if "timed-out too many times" in message:
         return f"{name} reached its time limit more often than max_num_timeout allows"
