@@ -134,7 +134,7 @@ def _cancel(folder: Path) -> None:
     ids = _job_ids(folder)
     if not ids:
         return
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # ended ones are told apart
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # an ended job: refused, harmless
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
     _wait_ended(folder, deadline=time.monotonic() + JOBS_END_SECONDS, every=POLL_SECONDS / 4)
 
