@@ -375,7 +375,7 @@ class Hold:
 
     def __init__(self, folder: Path, point: str, job: int | None = None) -> None:
         self.file = faults.hold_file(folder, point, job)
-        self.fault = f"{point}:HOLD" if job is None else f"{point}:HOLD@job{job}"
+        self.fault = faults.spec(point, faults.HOLD, job)
         self.env = {faults.ENV: self.fault, faults.HOLD_FOLDER_ENV: str(folder)}
 
     @staticmethod

@@ -63,7 +63,8 @@ def armed_inside_epochs() -> bool:
     return any(where.startswith("mid-epoch-") for where, _, _ in _armed())
 
 
-def _spec(where: str, how: str, job: int | None) -> str:
+def spec(where: str, how: str, job: int | None = None) -> str:
+    """The DIGITCNN_FAULT entry for point `where`, signal name or HOLD `how`, job `job`."""
     return f"{where}:{how}" if job is None else f"{where}:{how}@job{job}"
 
 
@@ -76,14 +77,14 @@ def point(name: str, settle: Callable[[], object] | None = None, job: int | None
     """A boundary named `name` (of sweep job `job`, if in a sweep): fire the fault armed here,
     after `settle()` has made the records handed over so far durable."""
     armed = _armed()
-    here = [f for f in armed if f[0] == name and f[2] in (None, job)]
-    if not here:
+    fault = next((f for f in armed if f[0] == name and f[2] in (None, job)), None)
+    if fault is None:
         return
-    _, how, only_job = here[0]
+    _, how, only_job = fault
     if settle is not None:
         settle()
-    armed.remove(here[0])  # once: a resume in this process, or a later job, goes on
-    os.environ[ENV] = ",".join(_spec(*fault) for fault in armed)
+    armed.remove(fault)  # once: a resume in this process, or a later job, goes on
+    os.environ[ENV] = ",".join(spec(*other) for other in armed)
     if how == HOLD:
         _hold(hold_file(Path(os.environ[HOLD_FOLDER_ENV]), name, only_job))
     else:

@@ -159,7 +159,7 @@ def _wait_ended(folder: Path, deadline: float | None, every: float = POLL_SECOND
         time.sleep(every)
 
 
-def _what_ended(message: str, on_slurm: bool = True) -> str:
+def _what_ended(message: str, on_slurm: bool) -> str:
     """One line from submitit's error for a job without a result (on `submitit_local`, whose
     job ids are process ids, a job that ended so was killed: it had no stop to say)."""
     job = re.search(r"Job (\S+)", message)
