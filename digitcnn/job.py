@@ -137,6 +137,7 @@ def _job(source: JobSource, typed: Config, recording, timings: Timings, held: Ex
             run_id=checkpoint.run_id if checkpoint else None,
             outage_limit=typed.tracking.outage_limit_seconds,
         ) as recorder,
+        stops.wins(),  # an error that a stop signal caused ends the run as that stop
     ):
         explained.recorder = recorder
         _record_start(recorder, source, typed, model, data, threads, tuning)

@@ -642,3 +642,17 @@ def test_several_fault_points_fire_each_once_in_its_own_job(tmp_path, monkeypatc
     faults.point("closed", job=3)  # any job
     assert fired == ["held-opened-job0", "held-epoch-2-job1", "held-closed"]
     assert os.environ[faults.ENV] == ""
+
+
+def test_an_error_a_stop_signal_caused_ends_the_work_as_that_stop(monkeypatch):
+    import signal
+
+    from digitcnn.core import stops
+
+    with pytest.raises(SystemError), stops.wins():  # no stop: the error is the error
+        raise SystemError("bad argument to internal function")
+    monkeypatch.setattr(stops, "_received", [signal.SIGTERM])
+    with pytest.raises(stops.Stopped) as raised, stops.wins():
+        raise SystemError("bad argument to internal function")
+    assert raised.value.signum == signal.SIGTERM
+    assert isinstance(raised.value.__cause__, SystemError)

@@ -211,6 +211,21 @@ def held() -> Iterator[None]:
             raise Stopped(_received[0])
 
 
+@contextlib.contextmanager
+def wins() -> Iterator[None]:
+    """Raise the stop this process got in place of any other error that ends the block: a
+    stop raised inside a native library's call back into Python can come back as another error
+    (Keras's `predict` gave `SystemError: Objects/listobject.c:338: bad argument to internal
+    function`), and the work was stopped, not failed: its run ends KILLED, as after `held`."""
+    try:
+        yield
+    except Exception as error:
+        stop = requested()
+        if stop is None:
+            raise
+        raise stop from error
+
+
 def _ignore_later(signum: int, frame) -> None:
     """A stop signal while an earlier one is being handled (see `shield`)."""
 
